@@ -1,0 +1,54 @@
+"""Turning per-scale class maps into the saved CAM record (shared by make_cam and the RIB step)."""
+import torch
+import torch.nn.functional as F
+
+from misc import imutils
+from misc.fileio import save_cam_npz
+from net.resnet50_cam import flip_merged_cam
+
+
+def multiscale_cam_maps(model, pyramid, device, channels_last=False, amp_context=None):
+    """Flip-merged ReLU maps (C, h_s, w_s) of each scale of `pyramid` (list of (2, 3, h, w) tensors)."""
+    maps = []
+    for pair in pyramid:
+        x = pair.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if amp_context is not None:
+            with amp_context():
+                maps.append(flip_merged_cam(model.class_maps(x)).float())
+        else:
+            maps.append(flip_merged_cam(model.class_maps(x)).float())
+    return maps
+
+
+def resize_and_sum(maps, size):
+    """Sum over scales of bilinearly resized maps (IRN make_cam): the stride-4 map (C, ceil(H/4), ceil(W/4))
+    and the full-resolution map (C, H, W), upsampled to the stride-16 cover of the image and cropped."""
+    strided = imutils.strided_size(size, 4)
+    up = imutils.strided_up_size(size, 16)
+    h, w = size
+    strided_sum = sum(F.interpolate(m[None], strided, mode="bilinear", align_corners=False)[0] for m in maps)
+    high_res_sum = sum(F.interpolate(m[None], up, mode="bilinear", align_corners=False)[0, :, :h, :w]
+                       for m in maps)
+    return strided_sum, high_res_sum
+
+
+def normalize_per_class(maps, eps=1e-5):
+    """Divide each class map by its spatial max (+eps, as IRN), so every map is <= 1."""
+    return maps / (maps.flatten(1).amax(dim=1)[:, None, None] + eps)
+
+
+def cam_record(strided_sum, high_res_sum, label):
+    """Keep the image's classes (keys) and normalise: the arrays of the CAM file format."""
+    keys = torch.nonzero(label > 0, as_tuple=False).flatten()
+    strided_sum = strided_sum.to(keys.device)
+    high_res_sum = high_res_sum.to(keys.device)
+    strided = normalize_per_class(strided_sum[keys])
+    high_res = normalize_per_class(high_res_sum[keys])
+    return keys.cpu().numpy(), strided.cpu().numpy(), high_res.cpu().numpy()
+
+
+def write_cam_record(path, strided_sum, high_res_sum, label):
+    keys, strided, high_res = cam_record(strided_sum, high_res_sum, label.cpu())
+    save_cam_npz(path, keys, strided, high_res)

@@ -1,0 +1,97 @@
+"""Sharding per-image work over processes: torchrun ranks across machines, one worker per GPU on a machine.
+
+Per-image steps (RIB fine-tuning, random walk) shard their id list twice: first by torchrun's RANK/WORLD_SIZE
+(disjoint shards per rank), then across local workers. Shards are strided (ids[i::n]) like the official split so
+that large and small images spread evenly. Training steps use DDP through `init_distributed` instead.
+"""
+import os
+import traceback
+
+import torch
+import torch.multiprocessing as mp
+
+
+def torchrun_rank_world():
+    """(rank, world_size) from torchrun's environment; (0, 1) when not launched by torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shard(ids, index, count):
+    return list(ids)[index::count]
+
+
+def local_devices(device, num_workers):
+    """Devices for `num_workers` local workers: one per visible GPU on CUDA (round-robin if more workers than
+    GPUs), all 'cpu' on CPU. num_workers <= 0 means one per GPU (1 on CPU)."""
+    if str(device).startswith("cuda"):
+        n_gpu = torch.cuda.device_count()
+        if ":" in str(device):  # a single explicit GPU
+            return [device] * max(1, num_workers)
+        count = num_workers if num_workers > 0 else n_gpu
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if "LOCAL_RANK" in os.environ and num_workers <= 0:  # under torchrun each rank already owns a GPU
+            return [f"cuda:{local_rank % n_gpu}"]
+        return [f"cuda:{i % n_gpu}" for i in range(count)]
+    return ["cpu"] * max(1, num_workers)
+
+
+def _worker_entry(worker_idx, worker_fn, shards, devices, args, error_queue):
+    try:
+        worker_fn(worker_idx, shards[worker_idx], devices[worker_idx], args)
+    except BaseException as e:  # report, then exit non-zero
+        error_queue.put(f"worker {worker_idx} ({devices[worker_idx]}): {e}\n{traceback.format_exc()}")
+        raise SystemExit(1)
+
+
+def run_sharded(worker_fn, ids, args, devices):
+    """Run worker_fn(worker_idx, ids_shard, device, args) over this rank's shard of `ids`, one process per entry
+    of `devices` (in-process when there is one). A failing worker makes this raise with its message."""
+    rank, world = torchrun_rank_world()
+    ids = shard(ids, rank, world)
+    shards = [shard(ids, i, len(devices)) for i in range(len(devices))]
+    if len(devices) == 1:
+        worker_fn(0, shards[0], devices[0], args)
+        return
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker_entry, args=(i, worker_fn, shards, devices, args, errors))
+             for i in range(len(devices))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p for p in procs if p.exitcode != 0]
+    if failed:
+        messages = []
+        while not errors.empty():
+            messages.append(errors.get())
+        raise RuntimeError("worker process(es) failed:\n" + ("\n".join(messages) or
+                                                            f"exit codes {[p.exitcode for p in failed]}"))
+
+
+def init_distributed(device):
+    """Join the torchrun process group when launched by torchrun; returns (rank, world_size, device)."""
+    rank, world = torchrun_rank_world()
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    if str(device).startswith("cuda"):
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return rank, world, device
+
+
+def is_main_process():
+    return torchrun_rank_world()[0] == 0
+
+
+def barrier():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,36 @@
+"""Run log (console + <work_dir>/run.log) and per-step wall time."""
+import logging
+import os
+import time
+from contextlib import contextmanager
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup(log_path=None, level=logging.INFO):
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        root.addHandler(console)
+    if log_path:
+        log_path = os.path.abspath(log_path)
+        for h in list(root.handlers):  # one file handler: the current run's log
+            if isinstance(h, logging.FileHandler):
+                root.removeHandler(h)
+                h.close()
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(handler)
+
+
+@contextmanager
+def step_timer(name):
+    log = logging.getLogger("run_sample")
+    log.info("step %s: start", name)
+    start = time.perf_counter()
+    yield
+    log.info("step %s: done in %.1f s", name, time.perf_counter() - start)

@@ -1,0 +1,189 @@
+"""Step eval_cam: seed mIoU of CAMs (result/cam) or RIB maps (result/cam_rib) on --eval_list.
+
+A seed is the argmax over [background plane = threshold, class maps of the image's classes]; void (255) pixels
+are ignored. The background threshold sweep (--cam_eval_sweep, VOC 0.20..0.49) is computed in ONE pass over the
+images: every pixel's score is bucketed by how many thresholds lie below it, so each threshold's confusion matrix
+is a sum over those buckets. Writes result/eval_cam_<source>.json and .md, and CAM pictures.
+"""
+import logging
+import os
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from misc import imutils
+from misc.datasets import build_spec
+from misc.fileio import DataError, load_cam_npz, load_image_rgb, save_json, save_text
+from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion
+from voc12.dataloader import load_id_list
+
+log = logging.getLogger(__name__)
+STEP_OF_SOURCE = {"cam": "make_cam", "rib": "rib"}
+
+
+def sweep_thresholds(args):
+    if args.cam_eval_thres is not None:
+        return [float(args.cam_eval_thres)]
+    start, stop, step = args.cam_eval_sweep
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 6) for i in range(count)]
+
+
+def seed_scores(record, size):
+    """(score, class) per pixel: the max of the normalised class maps and its class (1..C); 0/0 without keys."""
+    keys, high_res = record["keys"], record["high_res"]
+    if len(keys) == 0:
+        return np.zeros(size, np.float32), np.zeros(size, np.int64)
+    if high_res.shape[1:] != tuple(size):
+        raise DataError(f"CAM high_res is {high_res.shape[1:]} but the mask is {tuple(size)}")
+    return high_res.max(axis=0), (keys + 1)[high_res.argmax(axis=0)]
+
+
+def seed_prediction(record, threshold):
+    """The seed at one threshold, the straightforward way (IRN eval_cam): pad a background plane equal to the
+    threshold in front of the class maps (in the maps' float32), argmax (ties go to background), map through
+    keys + 1."""
+    keys, high_res = record["keys"], record["high_res"]
+    padded = np.pad(high_res, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=threshold)
+    return np.concatenate([[0], keys + 1])[padded.argmax(axis=0)]
+
+
+class ThresholdSweep:
+    """Confusion matrices of the seeds at many background thresholds, accumulated in one pass."""
+
+    def __init__(self, num_classes, thresholds):
+        self.k = num_classes  # background included
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)  # compared in float32, like the padded map
+        self.levels = len(thresholds) + 1
+        self.counts = np.zeros(self.k * self.k * self.levels, dtype=np.int64)
+
+    def update(self, gt, score, fg_class):
+        # level = number of thresholds strictly below the score; the pixel is foreground at threshold j iff
+        # score > t_j, i.e. iff level > j.
+        level = np.searchsorted(self.thresholds, score.astype(np.float32).ravel(), side="left")
+        gt, fg_class = gt.ravel().astype(np.int64), fg_class.ravel()
+        valid = (gt >= 0) & (gt < self.k)  # drops void 255
+        index = (gt[valid] * self.k + fg_class[valid]) * self.levels + level[valid]
+        self.counts += np.bincount(index, minlength=self.counts.size)
+
+    def confusion(self, j):
+        counts = self.counts.reshape(self.k, self.k, self.levels)
+        mat = counts[:, :, j + 1:].sum(axis=2)  # foreground predictions keep their class
+        mat[:, 0] += counts[:, :, :j + 1].sum(axis=(1, 2))  # the rest is predicted background
+        return mat
+
+
+def class_names_with_bg(spec):
+    return ("background",) + tuple(spec.class_names)
+
+
+def summarize(mat, names):
+    s = scores_from_confusion(mat)
+    tp_fg = np.diag(mat)[1:].sum()
+    pred_fg = mat[:, 1:].sum()
+    return {
+        "miou": percent(s["miou"]),
+        "per_class_iou": {n: percent(v) for n, v in zip(names, s["iou"])},
+        "precision": percent(s["precision"]),
+        "recall": percent(s["recall"]),
+        "f1": percent(s["f1"]),
+        # the official eval prints the share of predicted foreground that is ground-truth background
+        "among_predfg_bg": percent((pred_fg - tp_fg) / pred_fg) if pred_fg else None,
+    }
+
+
+def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=False):
+    """Seed scores of the CAM files in `cam_dir` for `ids`: best threshold of the sweep, the sweep, per-class IoU,
+    foreground precision / recall / F1; with crf=True also the dense-CRF refined seeds at the best threshold."""
+    spec = spec or build_spec(args)
+    thresholds = sweep_thresholds(args)
+    names = class_names_with_bg(spec)
+    sweep = ThresholdSweep(len(names), thresholds)
+    for img_id in tqdm(ids, desc=f"eval {os.path.basename(cam_dir)}"):
+        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+        if len(record["keys"]) and record["keys"].max() >= spec.num_classes:
+            raise DataError(f"{cam_dir}/{img_id}.npz has class index {record['keys'].max()} but the dataset has "
+                            f"{spec.num_classes} classes: CAMs of another dataset?")
+        gt = spec.load_gt(img_id)
+        try:
+            score, fg_class = seed_scores(record, gt.shape)
+        except DataError as e:
+            raise DataError(f"{img_id}: {e}; were the CAMs made from other images?") from None
+        sweep.update(gt, score, fg_class)
+
+    per_threshold = [scores_from_confusion(sweep.confusion(j))["miou"] for j in range(len(thresholds))]
+    best = int(np.nanargmax(per_threshold))
+    results = {"source_dir": cam_dir, "threshold": thresholds[best], "num_images": len(ids),
+               **summarize(sweep.confusion(best), names),
+               "sweep": {f"{t:.2f}": percent(m) for t, m in zip(thresholds, per_threshold)}}
+    if crf:
+        results["crf"] = evaluate_crf(spec, cam_dir, ids, thresholds[best], names, made_by)
+    return results
+
+
+def evaluate_crf(spec, cam_dir, ids, threshold, names, made_by):
+    """Seeds refined by dense CRF (IRN's crf_inference_label on the seed labels), at one threshold."""
+    from misc.crf import crf_inference_label
+    confusion = ConfusionMatrix(len(names))
+    for img_id in tqdm(ids, desc="eval CRF seeds"):
+        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+        keys = record["keys"]
+        if len(keys):
+            compact = np.pad(record["high_res"], ((1, 0), (0, 0), (0, 0)), constant_values=threshold).argmax(0)
+            refined = crf_inference_label(load_image_rgb(spec.image_path(img_id)), compact, len(keys) + 1)
+            pred = np.concatenate([[0], keys + 1])[refined]
+        else:
+            pred = np.zeros(spec.load_gt(img_id).shape, np.int64)
+        confusion.update(spec.load_gt(img_id), pred)
+    return {"threshold": threshold, **summarize(confusion.mat, names)}
+
+
+def results_markdown(results, title):
+    lines = [f"# {title}\n", markdown_table(
+        ["mIoU", "threshold", "precision", "recall", "F1", "images"],
+        [[results["miou"], f"{results['threshold']:.2f}", results["precision"], results["recall"], results["f1"],
+          results["num_images"]]])]
+    if "crf" in results:
+        c = results["crf"]
+        lines += ["\n## With dense CRF\n", markdown_table(["mIoU", "precision", "recall", "F1"],
+                                                          [[c["miou"], c["precision"], c["recall"], c["f1"]]])]
+    lines += ["\n## Per-class IoU\n", markdown_table(["class", "IoU"], list(results["per_class_iou"].items())),
+              "\n## Background threshold sweep\n", markdown_table(["threshold", "mIoU"],
+                                                                  list(results["sweep"].items()))]
+    return "".join(lines)
+
+
+def save_pictures(spec, cam_dir, ids, threshold, out_dir, made_by):
+    """image | CAM (max over classes) | seed | ground truth, side by side."""
+    palette = np.array(imutils.color_palette(), dtype=np.uint8).reshape(-1, 3)
+    for img_id in ids:
+        img = load_image_rgb(spec.image_path(img_id))
+        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+        cam = record["high_res"].max(axis=0) if len(record["keys"]) else np.zeros(img.shape[:2], np.float32)
+        panels = [img, imutils.colorize_cam(img, cam), palette[seed_prediction(record, threshold)],
+                  palette[np.clip(spec.load_gt(img_id), 0, 255)]]
+        path = os.path.join(out_dir, img_id + ".png")
+        from misc.fileio import save_png
+        save_png(path, np.concatenate(panels, axis=1))
+
+
+def run(args):
+    spec = build_spec(args)
+    ids = load_id_list(args.eval_list, "--eval_list")
+    source = args.eval_cam_source
+    cam_dir = args.cam_out_dir if source == "cam" else args.rib_out_dir
+    results = evaluate_cam_dir(args, cam_dir, ids, spec, STEP_OF_SOURCE[source], crf=args.eval_crf)
+    results["source"] = source
+    base = os.path.join(args.result_dir, f"eval_cam_{source}")
+    save_json(base + ".json", results)
+    save_text(base + ".md", results_markdown(results, f"Seed evaluation ({source}, {len(ids)} images)"))
+    if args.save_cam_png > 0:
+        save_pictures(spec, cam_dir, ids[:args.save_cam_png], results["threshold"], base + "_png",
+                      STEP_OF_SOURCE[source])
+    log.info("seed mIoU (%s) %.2f at threshold %.2f; precision %.2f recall %.2f F1 %.2f%s -> %s.json",
+             source, results["miou"], results["threshold"], results["precision"] or 0, results["recall"] or 0,
+             results["f1"] or 0,
+             f"; with CRF {results['crf']['miou']:.2f}" if "crf" in results else "", base)
+    print(results_markdown(results, f"Seed evaluation ({source})").split("\n## Per-class")[0])
+    return results

@@ -1,0 +1,111 @@
+"""Step train_cam: the multi-label classifier theta_0 (IRN's train_cam, used unchanged by RIB).
+
+Sigmoid BCE (multilabel soft margin) on GAP logits; 5 epochs, batch 16, lr 0.1 (10x on the classifier), wd 1e-4,
+poly 0.9; stem, layer1 and layer2 stay frozen. Single process, or DDP under torchrun (never DataParallel).
+Writes sess/res50_cam.pth atomically; an existing checkpoint is kept (delete it to retrain).
+"""
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from misc import dist
+from misc.datasets import build_spec
+from misc.fileio import save_checkpoint
+from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, seed_everything
+from net.resnet50 import calibrate_batchnorm
+from net.resnet50_cam import Net
+from voc12.dataloader import ClassificationDataset, classification_augment, load_id_list
+
+log = logging.getLogger(__name__)
+
+
+def calibration_batches(spec, ids, crop_size, resize_long, seed, num_images=16, batch_size=8):
+    """A few augmented training images, deterministic for a seed, to calibrate a random backbone's BN."""
+    rng = np.random.default_rng(seed)
+    picked = [ids[i] for i in rng.permutation(len(ids))[:num_images]]
+    dataset = ClassificationDataset(spec, picked, crop_size)
+    images = [torch.from_numpy(classification_augment(dataset.load_image(i), crop_size, rng, resize_long))
+              for i in range(len(picked))]
+    return [torch.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def resize_long_range(args):
+    return tuple(int(v) for v in args.cam_resize_long)
+
+
+def build_model(args, spec, ids):
+    model = Net(spec.num_classes, args.backbone_weights)
+    if args.backbone_weights == "none":
+        # Random init: give frozen BN the data's statistics, else activations blow up through 16 blocks.
+        calibrate_batchnorm(model, calibration_batches(spec, ids, args.cam_crop_size,
+                                                           resize_long_range(args), args.seed))
+    return model
+
+
+def run(args):
+    if os.path.isfile(args.cam_weights_path):
+        log.info("%s exists: keeping it (delete it to retrain)", args.cam_weights_path)
+        return
+    spec = build_spec(args)
+    ids = load_id_list(args.train_list, "--train_list")
+    spec.check_ids(ids, "--train_list")
+    seed_everything(args.seed)
+    rank, world, device = dist.init_distributed(args.device)
+    on_cuda = str(device).startswith("cuda")
+
+    model = build_model(args, spec, ids).to(device)
+    if on_cuda and args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    backbone_params, head_params = model.trainable_parameter_groups()
+
+    dataset = ClassificationDataset(spec, ids, crop_size=args.cam_crop_size, resize_long=resize_long_range(args))
+    batch_size = min(args.cam_batch_size, len(ids) // world) or 1
+    generator = torch.Generator().manual_seed(args.seed)
+    sampler = (torch.utils.data.distributed.DistributedSampler(dataset, world, rank, seed=args.seed,
+                                                               drop_last=True) if world > 1 else None)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=args.num_workers, pin_memory=on_cuda, drop_last=True, generator=generator,
+                        persistent_workers=args.num_workers > 0)
+    max_step = len(loader) * args.cam_num_epoches  # official: (N // batch) * epochs
+    optimizer = PolyOptimizer(poly_param_groups(backbone_params, head_params, args.cam_learning_rate,
+                                                args.cam_weight_decay),
+                              args.cam_learning_rate, args.cam_weight_decay, max_step, args.momentum,
+                              args.official_momentum_bug)
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
+
+    log.info("training the classifier on %d images (%d classes): %d epochs x %d steps, batch %d x %d process(es)",
+             len(ids), spec.num_classes, args.cam_num_epoches, len(loader), batch_size, world)
+    start = time.perf_counter()
+    for epoch in range(args.cam_num_epoches):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=device)
+        bar = tqdm(loader, desc=f"train_cam epoch {epoch + 1}/{args.cam_num_epoches}", disable=rank != 0)
+        for batch in bar:
+            x = batch["img"].to(device, non_blocking=True)
+            if on_cuda and args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            labels = batch["label"].to(device, non_blocking=True)
+            with autocast(device, args.amp):
+                logits = train_model(x)
+            loss = F.multilabel_soft_margin_loss(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()  # summed on device: no host sync per step
+        if rank == 0:
+            log.info("epoch %d: mean loss %.4f, lr %.2e", epoch + 1, (loss_sum / max(len(loader), 1)).item(),
+                     optimizer.param_groups[0]["lr"])
+    if rank == 0:
+        save_checkpoint(args.cam_weights_path, {k: v.cpu() for k, v in model.state_dict().items()},
+                        num_classes=spec.num_classes, class_names=list(spec.class_names))
+        log.info("saved %s (%.1f s)", args.cam_weights_path, time.perf_counter() - start)
+    dist.barrier()

@@ -1,0 +1,24 @@
+"""Hyper-parameters that differ between datasets (PASCAL VOC 2012 values: paper Sec. 4.1 and the official code).
+run_sample.py applies the preset of --dataset as flag defaults; every value can still be overridden by its flag."""
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+PRESET = {
+    "train_list": os.path.join(_HERE, "train_aug.txt"),
+    "infer_list": os.path.join(_HERE, "train_aug.txt"),   # RIB processes train_aug (IRN's default is train)
+    "eval_list": os.path.join(_HERE, "train.txt"),        # seeds and masks are reported on VOC train (1,464)
+    # RIB (paper Sec. 4.1; obtain_RIB_CAM.py)
+    "rib_learning_rate": 8e-6,
+    "rib_batch": 20,
+    "rib_score_th": 0.4,
+    "rib_margin": 600.0,
+    "rib_explode_ratio": 0.7,
+    # seed evaluation: background threshold sweep 0.20..0.49
+    "cam_eval_sweep": "0.20,0.49,0.01",
+    # IRN stage, RIB's values (official run_sample.py; IRN's own: 0.30 / 0.05 / 0.25 / power 1)
+    "conf_fg_thres": 0.35,
+    "conf_bg_thres": 0.17,
+    "sem_seg_bg_thres": 0.27,
+    "sem_seg_power": 1.3,
+}
