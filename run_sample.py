@@ -165,6 +165,9 @@ def get_args_parser(dataset="voc12"):
     g = p.add_argument_group("steps (true/false)")
     for name, _ in STEPS:
         g.add_argument(f"--{name}_pass", type=str2bool, default=False)
+    for action in p._actions:  # argparse shows a default only next to help text: show every default
+        if action.help is None:
+            action.help = "(default: %(default)s)"
     return p
 
 

@@ -1,4 +1,7 @@
 """Turning per-scale class maps into the saved CAM record (shared by make_cam and the RIB step)."""
+import os
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,4 +54,7 @@ def cam_record(strided_sum, high_res_sum, label):
 
 def write_cam_record(path, strided_sum, high_res_sum, label):
     keys, strided, high_res = cam_record(strided_sum, high_res_sum, label.cpu())
+    if not (np.isfinite(strided).all() and np.isfinite(high_res).all()):
+        raise RuntimeError(f"non-finite CAM for {os.path.basename(path)[:-4]}: the classifier's weights or "
+                           f"activations overflow (did its training diverge?); nothing was written")
     save_cam_npz(path, keys, strided, high_res)

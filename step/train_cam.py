@@ -5,6 +5,7 @@ poly 0.9; stem, layer1 and layer2 stay frozen. Single process, or DDP under torc
 Writes sess/res50_cam.pth atomically; an existing checkpoint is kept (delete it to retrain).
 """
 import logging
+import math
 import os
 import time
 
@@ -101,9 +102,12 @@ def run(args):
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()  # summed on device: no host sync per step
+        mean_loss = (loss_sum / max(len(loader), 1)).item()  # one host sync per epoch
+        if not math.isfinite(mean_loss):
+            raise RuntimeError(f"classifier training diverged in epoch {epoch + 1} (loss {mean_loss}); lower "
+                               f"--cam_learning_rate or raise --cam_batch_size. No checkpoint was written.")
         if rank == 0:
-            log.info("epoch %d: mean loss %.4f, lr %.2e", epoch + 1, (loss_sum / max(len(loader), 1)).item(),
-                     optimizer.param_groups[0]["lr"])
+            log.info("epoch %d: mean loss %.4f, lr %.2e", epoch + 1, mean_loss, optimizer.param_groups[0]["lr"])
     if rank == 0:
         save_checkpoint(args.cam_weights_path, {k: v.cpu() for k, v in model.state_dict().items()},
                         num_classes=spec.num_classes, class_names=list(spec.class_names))

@@ -106,6 +106,8 @@ DEMO_FLAGS = {
     "cam_crop_size": 128, "cam_resize_long": (128, 192), "cam_learning_rate": 0.1, "cam_scales": (1.0, 0.5, 1.5),
     "rib_iter": 5, "rib_batch": 4, "rib_crop_size": 128,
     "irn_crop_size": 128, "irn_batch_size": 8, "irn_num_epoches": 2, "save_cam_png": 4,
+    # a random-init classifier's maps are flatter than an ImageNet one's: sweep a wider threshold range
+    "cam_eval_sweep": (0.05, 0.95, 0.05),
 }
 DEMO_STEPS = ("train_cam", "make_cam", "rib", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
               "eval_sem_seg")
