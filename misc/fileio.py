@@ -13,6 +13,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DataError(RuntimeError):
     """Bad input (missing file, corrupt image, mismatched classes, ...). The message names the file and the fix."""
 
@@ -25,6 +29,7 @@ def atomic_path(path):
     base, ext = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

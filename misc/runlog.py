@@ -8,6 +8,8 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup(log_path=None, level=logging.INFO):
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports and writes the log
+        level, log_path = logging.WARNING, None
     root = logging.getLogger()
     root.setLevel(level)
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)

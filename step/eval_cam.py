@@ -67,6 +67,13 @@ class ThresholdSweep:
         index = (gt[valid] * self.k + fg_class[valid]) * self.levels + level[valid]
         self.counts += np.bincount(index, minlength=self.counts.size)
 
+    def all_background_confusion(self):
+        """Confusion of predicting background everywhere: the baseline a seed must beat."""
+        counts = self.counts.reshape(self.k, self.k, self.levels)
+        mat = np.zeros((self.k, self.k), np.int64)
+        mat[:, 0] = counts.sum(axis=(1, 2))
+        return mat
+
     def confusion(self, j):
         counts = self.counts.reshape(self.k, self.k, self.levels)
         mat = counts[:, :, j + 1:].sum(axis=2)  # foreground predictions keep their class
@@ -116,7 +123,8 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
     best = int(np.nanargmax(per_threshold))
     results = {"source_dir": cam_dir, "threshold": thresholds[best], "num_images": len(ids),
                **summarize(sweep.confusion(best), names),
-               "sweep": {f"{t:.2f}": percent(m) for t, m in zip(thresholds, per_threshold)}}
+               "sweep": {f"{t:.2f}": percent(m) for t, m in zip(thresholds, per_threshold)},
+               "all_background_miou": percent(scores_from_confusion(sweep.all_background_confusion())["miou"])}
     if crf:
         results["crf"] = evaluate_crf(spec, cam_dir, ids, thresholds[best], names, made_by)
     return results
@@ -141,9 +149,9 @@ def evaluate_crf(spec, cam_dir, ids, threshold, names, made_by):
 
 def results_markdown(results, title):
     lines = [f"# {title}\n", markdown_table(
-        ["mIoU", "threshold", "precision", "recall", "F1", "images"],
+        ["mIoU", "threshold", "precision", "recall", "F1", "images", "all-background mIoU"],
         [[results["miou"], f"{results['threshold']:.2f}", results["precision"], results["recall"], results["f1"],
-          results["num_images"]]])]
+          results["num_images"], results["all_background_miou"]]])]
     if "crf" in results:
         c = results["crf"]
         lines += ["\n## With dense CRF\n", markdown_table(["mIoU", "precision", "recall", "F1"],

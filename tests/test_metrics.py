@@ -76,3 +76,13 @@ def test_seed_prediction_by_hand():
     np.testing.assert_array_equal(seed_prediction(record, 0.35), [[3, 8], [0, 3]])
     # a tie with the threshold goes to background
     np.testing.assert_array_equal(seed_prediction(record, 0.5), [[3, 8], [0, 0]])
+
+
+def test_all_background_baseline():
+    sweep = ThresholdSweep(3, [0.5])
+    gt = np.array([0, 0, 0, 1, 2, 255])
+    sweep.update(gt, np.zeros(6, np.float32), np.zeros(6, np.int64))
+    mat = sweep.all_background_confusion()
+    np.testing.assert_array_equal(mat, [[3, 0, 0], [1, 0, 0], [1, 0, 0]])
+    # background IoU 3/5, classes 1 and 2 IoU 0 -> mIoU 0.2
+    assert scores_from_confusion(mat)["miou"] == pytest.approx(0.2)
