@@ -1,0 +1,37 @@
+"""Dense CRF (Kraehenbuehl & Koltun) on a label map, with IRN's parameters.
+
+pydensecrf is imported inside the function: it is a compiled extension that GPU machines may lack, and only the
+CRF steps (cam_to_ir_label, eval_cam --eval_crf) need it.
+"""
+import numpy as np
+
+from misc.fileio import DataError
+
+
+def crf_inference_label(img, labels, n_labels, t=10, gt_prob=0.7):
+    """Refine a label map with a dense CRF whose unary trusts each given label with probability gt_prob.
+
+    img uint8 (H, W, 3) RGB; labels int (H, W) in [0, n_labels) -> int64 (H, W) in [0, n_labels).
+    Pairwise terms as IRN: Gaussian (sxy 3, compat 3) and bilateral (sxy 50, srgb 5, compat 10); t mean-field
+    iterations; no label is "unsure" (zero_unsure=False), so label 0 (background) is a label like the others.
+    """
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_labels
+    except ImportError as e:
+        raise DataError("the dense CRF needs pydensecrf: pip install pydensecrf2 (import name pydensecrf)") from e
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    if img.shape[:2] != (h, w) or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"CRF image {img.shape} does not match the label map {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise ValueError(f"CRF labels must lie in [0, {n_labels}), got [{labels.min()}, {labels.max()}]")
+    if n_labels < 2:  # one label: nothing to infer (and the unary would be degenerate)
+        return np.zeros((h, w), dtype=np.int64)
+    crf = dcrf.DenseCRF2D(w, h, n_labels)
+    crf.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=img, compat=10)
+    q = crf.inference(t)
+    return np.argmax(np.asarray(q).reshape(n_labels, h, w), axis=0)

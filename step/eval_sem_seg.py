@@ -1,0 +1,87 @@
+"""Step eval_sem_seg: mIoU of the pseudo masks (result/sem_seg) on --eval_list (IRN's eval_sem_seg).
+
+Predicted 255 counts as background (as IRN); ground-truth void (255) is ignored. Reports per-class IoU, mIoU,
+foreground precision / recall / F1 (paper Table 6) and IRN's background false-positive / false-negative rates
+(fp = wrongly predicted pixels of a class over its union, fn = missed pixels over the union). All numbers are
+percentages. Writes result/eval_sem_seg.json and result/eval_sem_seg.md.
+"""
+import logging
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from misc.datasets import build_spec
+from misc.fileio import DataError, load_label_png, save_json, save_text
+from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion
+from voc12.dataloader import load_id_list
+
+log = logging.getLogger(__name__)
+
+
+def load_prediction(args, img_id, num_classes):
+    path = os.path.join(args.sem_seg_out_dir, img_id + ".png")
+    if not os.path.isfile(path):
+        raise DataError(f"pseudo mask {path} of image {img_id} is missing: run --make_sem_seg_pass true on an "
+                        f"--infer_list that contains the --eval_list ids")
+    pred = load_label_png(path)
+    pred[pred == 255] = 0  # IRN: unsure counts as background
+    if pred.max() > num_classes:
+        raise DataError(f"pseudo mask {path} has class {pred.max()} but the dataset has {num_classes} classes")
+    return pred
+
+
+def evaluate(args, ids, spec):
+    names = ("background",) + tuple(spec.class_names)
+    confusion = ConfusionMatrix(len(names))
+    for img_id in tqdm(ids, desc="eval_sem_seg"):
+        pred = load_prediction(args, img_id, spec.num_classes)
+        gt = spec.load_gt(img_id)
+        if gt.shape != pred.shape:
+            raise DataError(f"pseudo mask of {img_id} is {pred.shape} but its ground truth is {gt.shape}")
+        confusion.update(gt, pred)
+    return summarize(confusion.mat, names, len(ids))
+
+
+def summarize(mat, names, num_images):
+    s = scores_from_confusion(mat)
+    return {
+        "miou": percent(s["miou"]),
+        "per_class_iou": {n: percent(v) for n, v in zip(names, s["iou"])},
+        "precision": percent(s["precision"]),
+        "recall": percent(s["recall"]),
+        "f1": percent(s["f1"]),
+        "num_images": num_images,
+        "fp_bg": percent(s["fp"][0]),
+        "fn_bg": percent(s["fn"][0]),
+        # IRN also prints the mean over foreground classes (classes absent from GT and prediction skipped)
+        "fp_fg_mean": percent(np.nanmean(s["fp"][1:])) if np.any(~np.isnan(s["fp"][1:])) else None,
+        "fn_fg_mean": percent(np.nanmean(s["fn"][1:])) if np.any(~np.isnan(s["fn"][1:])) else None,
+        "confusion": np.asarray(mat).tolist(),
+    }
+
+
+def results_markdown(results, title):
+    return "".join([
+        f"# {title}\n\n",
+        markdown_table(["mIoU", "precision", "recall", "F1", "bg FP", "bg FN", "images"],
+                       [[results["miou"], results["precision"], results["recall"], results["f1"], results["fp_bg"],
+                         results["fn_bg"], results["num_images"]]]),
+        "\n## Per-class IoU\n\n",
+        markdown_table(["class", "IoU"], list(results["per_class_iou"].items())),
+    ])
+
+
+def run(args):
+    spec = build_spec(args)
+    ids = load_id_list(args.eval_list, "--eval_list")
+    results = evaluate(args, ids, spec)
+    results["source"] = args.ir_cam_source
+    base = os.path.join(args.result_dir, "eval_sem_seg")
+    save_json(base + ".json", results)
+    save_text(base + ".md", results_markdown(results, f"Pseudo-mask evaluation ({args.ir_cam_source}, "
+                                                      f"{len(ids)} images)"))
+    log.info("pseudo-mask mIoU (%s) %.2f; precision %.2f recall %.2f F1 %.2f; bg fp %.2f fn %.2f -> %s.json",
+             args.ir_cam_source, results["miou"] or 0, results["precision"] or 0, results["recall"] or 0,
+             results["f1"] or 0, results["fp_bg"] or 0, results["fn_bg"] or 0, base)
+    return results

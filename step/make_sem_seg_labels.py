@@ -1,0 +1,127 @@
+"""Step make_sem_seg: pseudo masks by IRN's random walk of the CAM inside IRNet's class boundaries.
+
+For each image of --infer_list:
+1. boundary B (stride 4): IRNet on [image, flipped image], the pair zero-padded to at least --irn_crop_size (IRN
+   pads VOC images to 512, the training crop; larger images are not cropped), sigmoid of the mean logit;
+2. affinity of pixels within radius 5: 1 - max of B along their path; T = column-normalised aff**--beta (10);
+3. seeds = cam**--sem_seg_power (1.3; RIB) * (1 - B), from the stride-4 `cam` of result/cam or result/cam_rib,
+   one map per image class, no background map (as IRN: the background comes from the threshold below);
+4. walk = seeds @ T**(2**--exp_times) (2^8 = 256 steps), computed as 256 stencil products instead of IRN's dense
+   (hw)^2 squaring (misc/indexing.py; same result, ~8 MB instead of ~2 GB for a 500x375 image);
+5. upsample x4 (bilinear), crop to H x W, divide by the global max, background plane = --sem_seg_bg_thres (0.27),
+   argmax, map through the image's classes.
+Writes result/sem_seg/<id>.png (uint8 0..C) and, with --save_palette, <id>_palette.png. One worker per GPU (and
+torchrun shards), --num_workers processes on CPU; finished images are skipped.
+"""
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import dist, imutils, indexing
+from misc.datasets import build_spec
+from misc.fileio import DataError, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb, save_png
+from misc.torchutils import autocast, set_cpu_threads
+from net.resnet50_irn import load_irnet
+from step.cam_to_ir_label import STEP_OF_SOURCE, cam_source_dir, check_cam_files, check_record
+from voc12.dataloader import load_id_list, scale_pyramid
+
+log = logging.getLogger(__name__)
+
+WALK_RADIUS = 5  # IRN's radius for the random walk (training uses 10)
+
+
+def mask_path(args, img_id):
+    return os.path.join(args.sem_seg_out_dir, img_id + ".png")
+
+
+def palette_path(args, img_id):
+    return os.path.join(args.sem_seg_out_dir, img_id + "_palette.png")
+
+
+def is_done(args, img_id):
+    return os.path.isfile(mask_path(args, img_id)) and (not args.save_palette
+                                                        or os.path.isfile(palette_path(args, img_id)))
+
+
+def pseudo_mask(cams, keys, edge, size, args, lean=True):
+    """Random-walk label map (H, W) int64 in 0..C from stride-4 cams (n, h, w) and the boundary edge (h, w)."""
+    if len(keys) == 0:
+        return np.zeros(size, dtype=np.int64)
+    cams = cams.clamp(min=0).pow(args.sem_seg_power)  # CAMs are ReLU'd; the clamp guards a fractional power
+    walk = indexing.propagate_to_edge(cams, edge, radius=WALK_RADIUS, beta=args.beta, exp_times=args.exp_times,
+                                      lean=lean)
+    return walk_to_labels(walk, keys, size, args.sem_seg_bg_thres)
+
+
+def walk_to_labels(walk, keys, size, bg_thres):
+    """(n, 1, h, w) walk -> (H, W) labels: x4 bilinear, crop, divide by the global max, background plane, argmax."""
+    up = F.interpolate(walk, scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :size[0], :size[1]]
+    peak = up.max()
+    if not peak > 0:  # all-zero CAMs: nothing to propagate, everything is background
+        return np.zeros(size, dtype=np.int64)
+    scores = F.pad(up / peak, (0, 0, 0, 0, 1, 0), value=bg_thres)
+    return np.concatenate([[0], np.asarray(keys) + 1])[scores.argmax(dim=0).cpu().numpy()]
+
+
+def _work(worker_idx, ids, device, args):
+    if not ids:
+        return
+    if device == "cpu":
+        set_cpu_threads(max(1, args.num_workers))
+    else:
+        torch.cuda.set_device(device)
+    spec = build_spec(args)
+    cam_dir = cam_source_dir(args)
+    made_by = STEP_OF_SOURCE[args.ir_cam_source]
+    model = load_irnet(args.irn_weights_path, device)
+    channels_last = str(device).startswith("cuda") and args.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    palette = imutils.color_palette()
+    with torch.inference_mode():
+        for img_id in tqdm(ids, desc=f"make_sem_seg[{worker_idx}]", position=worker_idx):
+            img = load_image_rgb(spec.image_path(img_id))
+            record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+            check_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+            feat = indexing.feature_size(img.shape[:2])
+            if record["cam"].shape[1:] != feat:
+                raise DataError(f"{cam_dir}/{img_id}.npz: cam is {record['cam'].shape[1:]}, expected the stride-4 "
+                                f"size {feat} of the {img.shape[:2]} image")
+            pair = torch.from_numpy(scale_pyramid(img, (1.0,))[0]).to(device)
+            if channels_last:
+                pair = pair.contiguous(memory_format=torch.channels_last)
+            with autocast(device, args.amp):
+                edge = model.boundary_map(pair, pad_to=args.irn_crop_size).float()
+            cams = torch.from_numpy(record["cam"]).to(device)
+            mask = pseudo_mask(cams, record["keys"], edge, img.shape[:2], args).astype(np.uint8)
+            if args.save_palette:  # palette first: the plain mask marks the image as done
+                save_png(palette_path(args, img_id), mask, palette=palette)
+            save_png(mask_path(args, img_id), mask)
+
+
+def run(args):
+    spec = build_spec(args)
+    ids = load_id_list(args.infer_list, "--infer_list")
+    spec.check_ids(ids, "--infer_list", need_labels=False)
+    cam_dir = cam_source_dir(args)
+    check_writable_dir(args.sem_seg_out_dir, "--work_dir")
+    todo = [i for i in ids if not is_done(args, i)]
+    if todo:
+        check_cam_files(cam_dir, todo, args.ir_cam_source)
+        load_checkpoint(args.irn_weights_path, "IRNet checkpoint", made_by="train_irn")  # fail before spawning
+    log.info("make_sem_seg from %s (power %.2f, beta %g, 2^%d steps, bg %.2f): %d of %d images to do "
+             "(%d already done)", cam_dir, args.sem_seg_power, args.beta, args.exp_times, args.sem_seg_bg_thres,
+             len(todo), len(ids), len(ids) - len(todo))
+    start = time.perf_counter()
+    on_cuda = str(args.device).startswith("cuda")
+    devices = dist.local_devices(args.device, 0 if on_cuda else max(1, min(args.num_workers, len(todo))))
+    if todo:
+        dist.run_sharded(_work, todo, args, devices)
+    elapsed = time.perf_counter() - start
+    log.info("make_sem_seg: %d images in %.1f s (%.2f s/image)", len(todo), elapsed, elapsed / max(len(todo), 1))
+    return len(todo)
