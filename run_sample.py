@@ -110,8 +110,9 @@ def get_args_parser(dataset="voc12"):
                    help="lambda; 10x on the classifier layer")
     g.add_argument("--rib_weight_decay", type=float, default=1e-4)
     g.add_argument("--rib_batch", type=int, default=preset["rib_batch"],
-                   help="other images per iteration besides the target (B-1 in the paper's notation; the "
-                        "official code draws 20)")
+                   help="other images per iteration besides the target, i.e. B-1 in the paper's notation "
+                        "(the paper's B = 20 is the batch; the official code draws 20 others, which this "
+                        "default follows)")
     g.add_argument("--rib_crop_size", type=int, default=512, help="crop of the other images")
     g.add_argument("--rib_disjoint_prob", type=float, default=1.0,
                    help="probability that an other image shares no class with the target (official: 1)")
@@ -124,21 +125,29 @@ def get_args_parser(dataset="voc12"):
                    help="paper: -sum t_c min(m, y_c); official: -sum t_c y_c and stop once the target's "
                         "summed logit exceeds m")
     g.add_argument("--rib_explode_stop", type=str2bool, default=True,
-                   help="official early stop when the CAM covers too much of the image")
-    g.add_argument("--rib_explode_th", type=float, default=0.3)
-    g.add_argument("--rib_explode_ratio", type=float, default=preset["rib_explode_ratio"])
+                   help="official early stop (k >= 1) when the scale-1.0 CAM covers too much of the image")
+    g.add_argument("--rib_explode_th", type=float, default=0.3,
+                   help="a pixel is covered when a true class exceeds this fraction of its max")
+    g.add_argument("--rib_explode_ratio", type=float, default=preset["rib_explode_ratio"],
+                   help="stop when the covered share of the pixels exceeds this")
     g.add_argument("--rib_aggregate", default="paper", choices=("paper", "official"),
-                   help="paper: M = sum of CAM(theta_k), k = 0..K (final model included); official: k = 0..K-1")
+                   help="paper: M = sum of CAM(theta_k), k = 0..K (final model included), and a model whose "
+                        "CAM exploded adds nothing; official: k = 0..K-1, and an exploded step still adds its "
+                        "scale-1.0 CAM (the official code's order)")
     g.add_argument("--rib_loss", default="rib", choices=("rib", "bce_sigmoid", "bce_tanh", "bce_softsign"),
                    help="fine-tuning loss (Table 5a ablations: BCE on a saturating activation)")
     g.add_argument("--rib_loss_scales", type=float_tuple, default=(1.0, 1.5, 2.0),
                    help="target scales whose logits enter the loss (official: all but 0.5)")
     g.add_argument("--rib_save_iters", type=str2bool, default=False,
-                   help="also save the CAM accumulated up to each k (Fig. 5's mIoU-vs-K curve)")
+                   help="also save the CAM accumulated up to each k to <rib_out_dir>_iters/kNN (Fig. 5's "
+                        "mIoU-vs-K curve; score them with scripts/eval_rib_iters.py)")
     g.add_argument("--rib_workers", type=int, default=0,
-                   help="worker processes on this machine (0: one per visible GPU, 1 on CPU)")
+                   help="worker processes on this machine (0: one per visible GPU, 1 on CPU; more than the GPU "
+                        "count shares GPUs round-robin, the official COCO run used 3 per GPU)")
     g.add_argument("--rib_loader_workers", type=int, default=2,
-                   help="DataLoader workers per RIB worker that prepare the other images")
+                   help="DataLoader workers per RIB worker that prepare the other images (0: in-process, "
+                        "faster on a few-core CPU; a GPU at the paper's settings likely needs more than 2, "
+                        "see docs/benchmarks.md)")
     g.add_argument("--rib_compile", type=str2bool, default=False, help="torch.compile the model (CUDA)")
 
     g = p.add_argument_group("inter-pixel relations (cam_to_ir_label, train_irn)")
