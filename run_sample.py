@@ -94,8 +94,8 @@ def get_args_parser(dataset="voc12"):
                    help="inference scales of CAMs (each with its flip)")
 
     g = p.add_argument_group("seed evaluation (eval_cam)")
-    g.add_argument("--eval_cam_source", default="cam", choices=("cam", "rib"),
-                   help="evaluate result/cam (plain CAM) or result/cam_rib (RIB)")
+    g.add_argument("--eval_cam_source", default="cam", choices=("cam", "rib", "both"),
+                   help="evaluate result/cam (plain CAM), result/cam_rib (RIB), or both")
     g.add_argument("--cam_eval_thres", type=float, default=None,
                    help="one background threshold; default: the sweep --cam_eval_sweep")
     g.add_argument("--cam_eval_sweep", type=float_tuple, default=float_tuple(preset["cam_eval_sweep"]),

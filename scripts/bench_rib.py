@@ -182,7 +182,8 @@ def reference_rib(args, ids):
             if len(picks):
                 others = np.stack([classification_augment(load_image_rgb(spec.image_path(train_ids[p])),
                                                           args.rib_crop_size,
-                                                          draw_generator(args.seed, img_id, k, slot))
+                                                          draw_generator(args.seed, img_id, k, slot),
+                                                          tuple(int(v) for v in args.cam_resize_long))
                                    for slot, p in enumerate(picks)])
                 other_labels = torch.from_numpy(np.stack([spec.label(train_ids[p]) > 0 for p in picks])
                                                 .astype(np.float32)).to(device)

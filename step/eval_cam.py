@@ -177,9 +177,14 @@ def save_pictures(spec, cam_dir, ids, threshold, out_dir, made_by):
 
 
 def run(args):
+    """Evaluate --eval_cam_source ('cam', 'rib', or 'both'); returns {source: results}."""
     spec = build_spec(args)
     ids = load_id_list(args.eval_list, "--eval_list")
-    source = args.eval_cam_source
+    sources = ("cam", "rib") if args.eval_cam_source == "both" else (args.eval_cam_source,)
+    return {source: evaluate_source(args, spec, ids, source) for source in sources}
+
+
+def evaluate_source(args, spec, ids, source):
     cam_dir = args.cam_out_dir if source == "cam" else args.rib_out_dir
     results = evaluate_cam_dir(args, cam_dir, ids, spec, STEP_OF_SOURCE[source], crf=args.eval_crf)
     results["source"] = source

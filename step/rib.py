@@ -182,6 +182,7 @@ class RIBStream(IterableDataset):
         self.iters = args.rib_iter
         self.count = args.rib_batch
         self.crop = args.rib_crop_size
+        self.resize_long = tuple(int(v) for v in args.cam_resize_long)  # classifier-training augmentation
         self.disjoint_prob = args.rib_disjoint_prob
         self.seed = args.seed
         self.skip_below = multiprocessing.RawValue("i", 0)
@@ -221,7 +222,7 @@ class RIBStream(IterableDataset):
         picks = self.pool.draw(img_id, self.label(img_id), self.count, self.disjoint_prob,
                                draw_generator(self.seed, img_id, k, -1))
         crops = [classification_augment(load_image_rgb(self.spec.image_path(self.pool.ids[p])), self.crop,
-                                        draw_generator(self.seed, img_id, k, slot))
+                                        draw_generator(self.seed, img_id, k, slot), self.resize_long)
                  for slot, p in enumerate(picks)]
         item["img"] = torch.from_numpy(np.stack(crops) if crops else
                                        np.zeros((0, 3, self.crop, self.crop), np.float32))

@@ -101,11 +101,14 @@ def make_dataset(out_dir, num_train=200, num_eval=24, size=160, seed=0):
 
 
 # Demo settings: CPU, random init, small images. Flags given on the command line win over these.
+# The classifier trains from scratch here, so the demo uses real SGD momentum (0.9) instead of IRN's
+# momentum bug (which the paper's ImageNet-initialised runs reproduce by default): measured seed mIoU 41 vs 31.
 DEMO_FLAGS = {
     "device": "cpu", "backbone_weights": "none", "cam_num_epoches": 6, "cam_batch_size": 16,
-    "cam_crop_size": 128, "cam_resize_long": (128, 192), "cam_learning_rate": 0.1, "cam_scales": (1.0, 0.5, 1.5),
-    "rib_iter": 5, "rib_batch": 4, "rib_crop_size": 128,
-    "irn_crop_size": 128, "irn_batch_size": 8, "irn_num_epoches": 2, "save_cam_png": 4,
+    "cam_crop_size": 128, "cam_resize_long": (128, 192), "cam_learning_rate": 0.1, "cam_scales": (1.0, 0.5),
+    "official_momentum_bug": False, "eval_cam_source": "both",
+    "rib_iter": 5, "rib_batch": 4, "rib_crop_size": 128, "rib_loader_workers": 0, "rib_loss_scales": (1.0,),
+    "irn_crop_size": 128, "irn_batch_size": 8, "irn_num_epoches": 12, "save_cam_png": 4,
     # a random-init classifier's maps are flatter than an ImageNet one's: sweep a wider threshold range
     "cam_eval_sweep": (0.05, 0.95, 0.05),
 }
