@@ -95,3 +95,24 @@ def barrier():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def train_loader(dataset, batch_size, args, rank, world, on_cuda):
+    """Shuffled, drop-last training DataLoader seeded by --seed; under torchrun a DistributedSampler gives each
+    rank its share. Returns (loader, sampler or None); call sampler.set_epoch(epoch) each epoch."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    sampler = DistributedSampler(dataset, world, rank, seed=args.seed, drop_last=True) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=args.num_workers, pin_memory=on_cuda, drop_last=True,
+                        generator=torch.Generator().manual_seed(args.seed),
+                        persistent_workers=args.num_workers > 0)
+    return loader, sampler
+
+
+def wrap_ddp(model, world, device):
+    """The module to train: DDP under torchrun (never nn.DataParallel), the model itself otherwise."""
+    if world == 1:
+        return model
+    on_cuda = str(device).startswith("cuda")
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_cuda else None)

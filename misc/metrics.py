@@ -65,6 +65,21 @@ def scores_from_confusion(mat):
     }
 
 
+def segmentation_report(mat, class_names):
+    """The scores of a confusion matrix as the evaluation JSONs report them (percent; None for nan):
+    miou, per_class_iou {name: IoU}, foreground precision / recall / f1, background fp_bg / fn_bg."""
+    s = scores_from_confusion(mat)
+    return {
+        "miou": percent(s["miou"]),
+        "per_class_iou": {n: percent(v) for n, v in zip(class_names, s["iou"])},
+        "precision": percent(s["precision"]),
+        "recall": percent(s["recall"]),
+        "f1": percent(s["f1"]),
+        "fp_bg": percent(s["fp"][0]),
+        "fn_bg": percent(s["fn"][0]),
+    }
+
+
 def percent(x):
     """Fraction -> percent rounded for reports; nan becomes None (valid JSON)."""
     return None if x is None or np.isnan(x) else round(float(x) * 100, 3)

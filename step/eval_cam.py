@@ -9,13 +9,12 @@ import logging
 import os
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from misc import imutils
 from misc.datasets import build_spec
-from misc.fileio import DataError, load_cam_npz, load_image_rgb, save_json, save_text
-from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion
+from misc.fileio import DataError, load_cam_npz, load_image_rgb, save_json, save_png, save_text
+from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
 from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
@@ -81,20 +80,11 @@ class ThresholdSweep:
         return mat
 
 
-def class_names_with_bg(spec):
-    return ("background",) + tuple(spec.class_names)
-
-
 def summarize(mat, names):
-    s = scores_from_confusion(mat)
     tp_fg = np.diag(mat)[1:].sum()
     pred_fg = mat[:, 1:].sum()
     return {
-        "miou": percent(s["miou"]),
-        "per_class_iou": {n: percent(v) for n, v in zip(names, s["iou"])},
-        "precision": percent(s["precision"]),
-        "recall": percent(s["recall"]),
-        "f1": percent(s["f1"]),
+        **segmentation_report(mat, names),
         # the official eval prints the share of predicted foreground that is ground-truth background
         "among_predfg_bg": percent((pred_fg - tp_fg) / pred_fg) if pred_fg else None,
     }
@@ -105,7 +95,7 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
     foreground precision / recall / F1; with crf=True also the dense-CRF refined seeds at the best threshold."""
     spec = spec or build_spec(args)
     thresholds = sweep_thresholds(args)
-    names = class_names_with_bg(spec)
+    names = spec.names_with_background
     sweep = ThresholdSweep(len(names), thresholds)
     for img_id in tqdm(ids, desc=f"eval {os.path.basename(cam_dir)}"):
         record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
@@ -172,7 +162,6 @@ def save_pictures(spec, cam_dir, ids, threshold, out_dir, made_by):
         panels = [img, imutils.colorize_cam(img, cam), palette[seed_prediction(record, threshold)],
                   palette[np.clip(spec.load_gt(img_id), 0, 255)]]
         path = os.path.join(out_dir, img_id + ".png")
-        from misc.fileio import save_png
         save_png(path, np.concatenate(panels, axis=1))
 
 

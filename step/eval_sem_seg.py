@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from misc.datasets import build_spec
 from misc.fileio import DataError, load_label_png, save_json, save_text
-from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion
+from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
 from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def load_prediction(args, img_id, num_classes):
 
 
 def evaluate(args, ids, spec):
-    names = ("background",) + tuple(spec.class_names)
+    names = spec.names_with_background
     confusion = ConfusionMatrix(len(names))
     for img_id in tqdm(ids, desc="eval_sem_seg"):
         pred = load_prediction(args, img_id, spec.num_classes)
@@ -46,14 +46,8 @@ def evaluate(args, ids, spec):
 def summarize(mat, names, num_images):
     s = scores_from_confusion(mat)
     return {
-        "miou": percent(s["miou"]),
-        "per_class_iou": {n: percent(v) for n, v in zip(names, s["iou"])},
-        "precision": percent(s["precision"]),
-        "recall": percent(s["recall"]),
-        "f1": percent(s["f1"]),
+        **segmentation_report(mat, names),
         "num_images": num_images,
-        "fp_bg": percent(s["fp"][0]),
-        "fn_bg": percent(s["fn"][0]),
         # IRN also prints the mean over foreground classes (classes absent from GT and prediction skipped)
         "fp_fg_mean": percent(np.nanmean(s["fp"][1:])) if np.any(~np.isnan(s["fp"][1:])) else None,
         "fn_fg_mean": percent(np.nanmean(s["fn"][1:])) if np.any(~np.isnan(s["fn"][1:])) else None,

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from misc import dist
@@ -67,20 +66,13 @@ def run(args):
 
     dataset = ClassificationDataset(spec, ids, crop_size=args.cam_crop_size, resize_long=resize_long_range(args))
     batch_size = min(args.cam_batch_size, len(ids) // world) or 1
-    generator = torch.Generator().manual_seed(args.seed)
-    sampler = (torch.utils.data.distributed.DistributedSampler(dataset, world, rank, seed=args.seed,
-                                                               drop_last=True) if world > 1 else None)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=args.num_workers, pin_memory=on_cuda, drop_last=True, generator=generator,
-                        persistent_workers=args.num_workers > 0)
+    loader, sampler = dist.train_loader(dataset, batch_size, args, rank, world, on_cuda)
     max_step = len(loader) * args.cam_num_epoches  # official: (N // batch) * epochs
     optimizer = PolyOptimizer(poly_param_groups(backbone_params, head_params, args.cam_learning_rate,
                                                 args.cam_weight_decay),
                               args.cam_learning_rate, args.cam_weight_decay, max_step, args.momentum,
                               args.official_momentum_bug)
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
+    train_model = dist.wrap_ddp(model, world, device)
 
     log.info("training the classifier on %d images (%d classes): %d epochs x %d steps, batch %d x %d process(es)",
              len(ids), spec.num_classes, args.cam_num_epoches, len(loader), batch_size, world)

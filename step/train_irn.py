@@ -169,20 +169,13 @@ def run(args):
         batch_size = max(1, min(batch_size, len(ids) // world))
         log.warning("train_irn: %d images over %d process(es) are fewer than a batch; batch %d per process",
                     len(ids), world, batch_size)
-    generator = torch.Generator().manual_seed(args.seed)
-    sampler = (torch.utils.data.distributed.DistributedSampler(dataset, world, rank, seed=args.seed,
-                                                               drop_last=True) if world > 1 else None)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=args.num_workers, pin_memory=on_cuda, drop_last=True, generator=generator,
-                        persistent_workers=args.num_workers > 0)
+    loader, sampler = dist.train_loader(dataset, batch_size, args, rank, world, on_cuda)
     max_step = len(loader) * args.irn_num_epoches  # official: (N // batch) * epochs
     lr, wd = args.irn_learning_rate, args.irn_weight_decay
     optimizer = PolyOptimizer([{"params": edge_params, "lr": lr, "weight_decay": wd},
                                {"params": dp_params, "lr": 10 * lr, "weight_decay": wd}],
                               lr, wd, max_step, args.momentum, args.official_momentum_bug)
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
+    train_model = dist.wrap_ddp(model, world, device)
 
     log.info("training IRNet on %d images: %d epochs x %d steps, batch %d x %d process(es), crop %d, %d pairs "
              "per crop pixel", len(ids), args.irn_num_epoches, len(loader), batch_size, world,

@@ -68,6 +68,11 @@ class DatasetSpec:
     def num_classes(self):
         return len(self.class_names)
 
+    @property
+    def names_with_background(self):
+        """Names of the label values 0..C of masks and seeds."""
+        return ("background",) + tuple(self.class_names)
+
     def image_path(self, img_id):
         return os.path.join(self.root, self.image_dir, img_id + self.image_ext)
 
