@@ -214,3 +214,41 @@ def test_coco_preset_applies(tmp_path):
             args.rib_explode_ratio, args.sem_seg_bg_thres) == (5e-6, 15, 0.5, 1000.0, 0.8, 0.22)
     args = run_sample.parse_args(["--dataset", "coco14", "--rib_batch", "7", "--work_dir", str(tmp_path)])
     assert args.rib_batch == 7
+
+
+def test_backbone_weights_path_offline_and_bad_files(tmp_path, monkeypatch):
+    from net import resnet50 as rn
+    torch.manual_seed(1)
+    source = rn.resnet50()
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)  # torchvision has a fc
+    path = tmp_path / "resnet50_tv.pth"
+    torch.save(state, path)
+    model = Net(20, backbone_weights=str(path))
+    torch.testing.assert_close(model.backbone.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
+    torch.testing.assert_close(model.backbone.bn1.running_var, source.bn1.running_var)
+    with pytest.raises(DataError, match="no such file"):
+        Net(20, backbone_weights=str(tmp_path / "missing.pth"))
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
+    with pytest.raises(DataError, match="does not match resnet50"):
+        Net(20, backbone_weights=str(tmp_path / "partial.pth"))
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(DataError, match="could not download.*--backbone_weights PATH"):
+        Net(20, backbone_weights="imagenet")
+
+
+def test_eval_crf_reports_refined_seeds(tiny_run):
+    args, ids = tiny_run
+    from step import eval_cam
+    args_crf = make_args(args.work_dir, voc12_root=args.voc12_root, eval_list=args.eval_list, eval_crf="true",
+                         cam_eval_thres=0.3, save_cam_png=0)
+    results = eval_cam.run(args_crf)["cam"]
+    assert results["threshold"] == 0.3 and list(results["sweep"]) == ["0.30"]
+    crf = results["crf"]
+    assert crf["threshold"] == 0.3 and 0 <= crf["miou"] <= 100
+    assert set(crf["per_class_iou"]) == set(results["per_class_iou"])
+    saved = json.load(open(os.path.join(args.result_dir, "eval_cam_cam.json")))
+    assert saved["crf"]["miou"] == crf["miou"]
