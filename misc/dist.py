@@ -87,10 +87,6 @@ def init_distributed(device):
     return rank, world, device
 
 
-def is_main_process():
-    return torchrun_rank_world()[0] == 0
-
-
 def barrier():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():

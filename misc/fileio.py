@@ -6,7 +6,6 @@ killed step never leaves a truncated output and a rerun can skip what exists.
 import json
 import os
 import tempfile
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -171,9 +170,3 @@ def check_writable_dir(path, flag="--work_dir"):
             pass
     except OSError as e:
         raise DataError(f"cannot write to {path} ({e.strerror}); pass a writable folder with {flag}") from e
-
-
-def warn_once(message, _seen=set()):
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=2)

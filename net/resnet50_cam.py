@@ -48,10 +48,6 @@ def flip_merged_cam(class_maps_pair):
     return cams[0] + cams[1].flip(-1)
 
 
-def build_classifier(num_classes, backbone_weights="none"):
-    return Net(num_classes, backbone_weights)
-
-
 def check_class_count(state_dict, num_classes, path):
     """A classifier checkpoint trained on another dataset (80 COCO vs 20 VOC classes) must not load silently."""
     from misc.fileio import DataError

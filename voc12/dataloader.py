@@ -209,10 +209,4 @@ class MultiScaleDataset(ImageDataset):
         else:
             label = np.zeros(self.spec.num_classes, np.float32)
         return {"name": img_id, "img": [torch.from_numpy(p) for p in scale_pyramid(img, self.scales)],
-                "size": img.shape[:2], "label": torch.from_numpy(label), "raw": img}
-
-
-def collate_single(batch):
-    """Inference loaders run with batch_size=1 and keep the sample as is (lists of scales, sizes)."""
-    assert len(batch) == 1
-    return batch[0]
+                "size": img.shape[:2], "label": torch.from_numpy(label)}
