@@ -204,11 +204,6 @@ def finalize_args(args):
     return args
 
 
-def cam_dir(args, source):
-    """Folder of the CAMs of `source` ('cam' or 'rib')."""
-    return args.cam_out_dir if source == "cam" else args.rib_out_dir
-
-
 def run_steps(args):
     from misc.fileio import check_writable_dir
     from misc.torchutils import resolve_device

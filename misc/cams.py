@@ -6,8 +6,37 @@ import torch
 import torch.nn.functional as F
 
 from misc import imutils
-from misc.fileio import save_cam_npz
+from misc.fileio import DataError, save_cam_npz
 from net.resnet50_cam import flip_merged_cam
+
+# The two CAM sources later steps read (--eval_cam_source, --ir_cam_source) and the step that writes each.
+CAM_SOURCE_STEPS = {"cam": "make_cam", "rib": "rib"}
+
+
+def cam_dir(args, source):
+    """Folder of the CAMs of `source`: result/cam (make_cam) or result/cam_rib (rib)."""
+    return args.cam_out_dir if source == "cam" else args.rib_out_dir
+
+
+def check_cam_files(cam_dir, ids, source):
+    """Fail before any work when CAMs are missing, naming the first id and the step that makes them."""
+    missing = [i for i in ids if not os.path.isfile(os.path.join(cam_dir, i + ".npz"))]
+    if missing:
+        step = CAM_SOURCE_STEPS[source]
+        raise DataError(f"{len(missing)} of {len(ids)} CAM file(s) are missing in {cam_dir}, e.g. for image "
+                        f"{missing[0]} ({os.path.join(cam_dir, missing[0] + '.npz')}): run the {step} step "
+                        f"(--{step}_pass true) on these ids first, or choose the other --ir_cam_source")
+
+
+def check_cam_record(record, img_id, num_classes, image_size, cam_dir):
+    """Class indices within the dataset and maps of the image's size, else a DataError naming the id."""
+    keys = record["keys"]
+    if len(keys) and (keys.min() < 0 or keys.max() >= num_classes):
+        raise DataError(f"{cam_dir}/{img_id}.npz has class index {keys.max()} but the dataset has {num_classes} "
+                        f"classes: CAMs of another dataset (--dataset)?")
+    if record["high_res"].shape[1:] != tuple(image_size):
+        raise DataError(f"{cam_dir}/{img_id}.npz: high_res is {record['high_res'].shape[1:]} but the image is "
+                        f"{tuple(image_size)}; were the CAMs made from other images?")
 
 
 def multiscale_cam_maps(model, pyramid, device, channels_last=False, amp_context=None):

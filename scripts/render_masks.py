@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run_sample  # noqa: E402
-from misc import imutils  # noqa: E402
+from misc import cams, imutils  # noqa: E402
 from misc.datasets import build_spec  # noqa: E402
 from misc.fileio import load_cam_npz, load_image_rgb, load_label_png, save_png  # noqa: E402
 from voc12.dataloader import load_id_list  # noqa: E402
@@ -32,7 +32,7 @@ def label_panel(path, shape):
 def render(args, spec, img_id, out_dir):
     img = load_image_rgb(spec.image_path(img_id))
     shape = img.shape[:2]
-    cam_file = os.path.join(run_sample.cam_dir(args, args.ir_cam_source), img_id + ".npz")
+    cam_file = os.path.join(cams.cam_dir(args, args.ir_cam_source), img_id + ".npz")
     if os.path.isfile(cam_file):
         record = load_cam_npz(cam_file)
         cam = record["high_res"].max(axis=0) if len(record["keys"]) else np.zeros(shape, np.float32)

@@ -17,43 +17,17 @@ import numpy as np
 from tqdm import tqdm
 
 from misc import dist
+from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.crf import crf_inference_label
 from misc.datasets import build_spec
-from misc.fileio import DataError, check_writable_dir, load_cam_npz, load_image_rgb, save_png
+from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
 from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
-STEP_OF_SOURCE = {"cam": "make_cam", "rib": "rib"}
-
-
-def cam_source_dir(args):
-    import run_sample
-    return run_sample.cam_dir(args, args.ir_cam_source)
 
 
 def label_path(args, img_id):
     return os.path.join(args.ir_label_out_dir, img_id + ".png")
-
-
-def check_cam_files(cam_dir, ids, source):
-    """Fail before any work when CAMs are missing, naming the first id and the step that makes them."""
-    missing = [i for i in ids if not os.path.isfile(os.path.join(cam_dir, i + ".npz"))]
-    if missing:
-        step = STEP_OF_SOURCE[source]
-        raise DataError(f"{len(missing)} of {len(ids)} CAM file(s) are missing in {cam_dir}, e.g. for image "
-                        f"{missing[0]} ({os.path.join(cam_dir, missing[0] + '.npz')}): run the {step} step "
-                        f"(--{step}_pass true) on these ids first, or choose the other --ir_cam_source")
-
-
-def check_record(record, img_id, num_classes, image_size=None, cam_dir=""):
-    """Class indices within the dataset and maps of the image's size, else a DataError naming the id."""
-    keys = record["keys"]
-    if len(keys) and (keys.min() < 0 or keys.max() >= num_classes):
-        raise DataError(f"{cam_dir}/{img_id}.npz has class index {keys.max()} but the dataset has {num_classes} "
-                        f"classes: CAMs of another dataset (--dataset)?")
-    if image_size is not None and record["high_res"].shape[1:] != tuple(image_size):
-        raise DataError(f"{cam_dir}/{img_id}.npz: high_res is {record['high_res'].shape[1:]} but the image is "
-                        f"{tuple(image_size)}; were the CAMs made from other images?")
 
 
 def confident_labels(img, high_res, keys, threshold):
@@ -80,12 +54,12 @@ def _work(worker_idx, ids, device, args):
     if not ids:
         return
     spec = build_spec(args)
-    cam_dir = cam_source_dir(args)
-    made_by = STEP_OF_SOURCE[args.ir_cam_source]
+    cam_dir = source_dir(args, args.ir_cam_source)
+    made_by = CAM_SOURCE_STEPS[args.ir_cam_source]
     for img_id in tqdm(ids, desc=f"cam_to_ir_label[{worker_idx}]", position=worker_idx):
         img = load_image_rgb(spec.image_path(img_id))
         record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-        check_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+        check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
         save_png(label_path(args, img_id), ir_label(img, record, args.conf_fg_thres, args.conf_bg_thres))
 
 
@@ -93,7 +67,7 @@ def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
     spec.check_ids(ids, "--infer_list", need_labels=False)
-    cam_dir = cam_source_dir(args)
+    cam_dir = source_dir(args, args.ir_cam_source)
     check_writable_dir(args.ir_label_out_dir, "--work_dir")
     todo = [i for i in ids if not os.path.isfile(label_path(args, i))]
     check_cam_files(cam_dir, todo, args.ir_cam_source)

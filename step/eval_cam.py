@@ -12,13 +12,13 @@ import numpy as np
 from tqdm import tqdm
 
 from misc import imutils
+from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_record
 from misc.datasets import build_spec
-from misc.fileio import DataError, load_cam_npz, load_image_rgb, save_json, save_png, save_text
+from misc.fileio import load_cam_npz, load_image_rgb, save_json, save_png, save_text
 from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
 from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
-STEP_OF_SOURCE = {"cam": "make_cam", "rib": "rib"}
 
 
 def sweep_thresholds(args):
@@ -34,8 +34,6 @@ def seed_scores(record, size):
     keys, high_res = record["keys"], record["high_res"]
     if len(keys) == 0:
         return np.zeros(size, np.float32), np.zeros(size, np.int64)
-    if high_res.shape[1:] != tuple(size):
-        raise DataError(f"CAM high_res is {high_res.shape[1:]} but the mask is {tuple(size)}")
     return high_res.max(axis=0), (keys + 1)[high_res.argmax(axis=0)]
 
 
@@ -99,14 +97,9 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
     sweep = ThresholdSweep(len(names), thresholds)
     for img_id in tqdm(ids, desc=f"eval {os.path.basename(cam_dir)}"):
         record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-        if len(record["keys"]) and record["keys"].max() >= spec.num_classes:
-            raise DataError(f"{cam_dir}/{img_id}.npz has class index {record['keys'].max()} but the dataset has "
-                            f"{spec.num_classes} classes: CAMs of another dataset?")
         gt = spec.load_gt(img_id)
-        try:
-            score, fg_class = seed_scores(record, gt.shape)
-        except DataError as e:
-            raise DataError(f"{img_id}: {e}; were the CAMs made from other images?") from None
+        check_cam_record(record, img_id, spec.num_classes, gt.shape, cam_dir)
+        score, fg_class = seed_scores(record, gt.shape)
         sweep.update(gt, score, fg_class)
 
     per_threshold = [scores_from_confusion(sweep.confusion(j))["miou"] for j in range(len(thresholds))]
@@ -174,15 +167,15 @@ def run(args):
 
 
 def evaluate_source(args, spec, ids, source):
-    cam_dir = args.cam_out_dir if source == "cam" else args.rib_out_dir
-    results = evaluate_cam_dir(args, cam_dir, ids, spec, STEP_OF_SOURCE[source], crf=args.eval_crf)
+    cam_dir = source_dir(args, source)
+    results = evaluate_cam_dir(args, cam_dir, ids, spec, CAM_SOURCE_STEPS[source], crf=args.eval_crf)
     results["source"] = source
     base = os.path.join(args.result_dir, f"eval_cam_{source}")
     save_json(base + ".json", results)
     save_text(base + ".md", results_markdown(results, f"Seed evaluation ({source}, {len(ids)} images)"))
     if args.save_cam_png > 0:
         save_pictures(spec, cam_dir, ids[:args.save_cam_png], results["threshold"], base + "_png",
-                      STEP_OF_SOURCE[source])
+                      CAM_SOURCE_STEPS[source])
     log.info("seed mIoU (%s) %.2f at threshold %.2f; precision %.2f recall %.2f F1 %.2f%s -> %s.json",
              source, results["miou"], results["threshold"], results["precision"] or 0, results["recall"] or 0,
              results["f1"] or 0,

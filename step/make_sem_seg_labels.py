@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from misc import dist, imutils, indexing
+from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec
 from misc.fileio import DataError, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb, save_png
 from misc.torchutils import autocast, set_cpu_threads
 from net.resnet50_irn import load_irnet
-from step.cam_to_ir_label import STEP_OF_SOURCE, cam_source_dir, check_cam_files, check_record
 from voc12.dataloader import load_id_list, scale_pyramid
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def _work(worker_idx, ids, device, args):
     else:
         torch.cuda.set_device(device)
     spec = build_spec(args)
-    cam_dir = cam_source_dir(args)
-    made_by = STEP_OF_SOURCE[args.ir_cam_source]
+    cam_dir = source_dir(args, args.ir_cam_source)
+    made_by = CAM_SOURCE_STEPS[args.ir_cam_source]
     model = load_irnet(args.irn_weights_path, device)
     channels_last = str(device).startswith("cuda") and args.channels_last
     if channels_last:
@@ -87,7 +87,7 @@ def _work(worker_idx, ids, device, args):
         for img_id in tqdm(ids, desc=f"make_sem_seg[{worker_idx}]", position=worker_idx):
             img = load_image_rgb(spec.image_path(img_id))
             record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-            check_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+            check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
             feat = indexing.feature_size(img.shape[:2])
             if record["cam"].shape[1:] != feat:
                 raise DataError(f"{cam_dir}/{img_id}.npz: cam is {record['cam'].shape[1:]}, expected the stride-4 "
@@ -108,7 +108,7 @@ def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
     spec.check_ids(ids, "--infer_list", need_labels=False)
-    cam_dir = cam_source_dir(args)
+    cam_dir = source_dir(args, args.ir_cam_source)
     check_writable_dir(args.sem_seg_out_dir, "--work_dir")
     todo = [i for i in ids if not is_done(args, i)]
     if todo:
