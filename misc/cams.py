@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from misc import imutils
 from misc.fileio import DataError, save_cam_npz
+from misc.torchutils import to_device
 from net.resnet50_cam import flip_merged_cam
 
 # The two CAM sources later steps read (--eval_cam_source, --ir_cam_source) and the step that writes each.
@@ -43,9 +44,7 @@ def multiscale_cam_maps(model, pyramid, device, channels_last=False, amp_context
     """Flip-merged ReLU maps (C, h_s, w_s) of each scale of `pyramid` (list of (2, 3, h, w) tensors)."""
     maps = []
     for pair in pyramid:
-        x = pair.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_device(pair, device, channels_last)
         if amp_context is not None:
             with amp_context():
                 maps.append(flip_merged_cam(model.class_maps(x)).float())

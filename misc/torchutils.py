@@ -63,6 +63,12 @@ def autocast(device, enabled):
     return contextlib.nullcontext()
 
 
+def to_device(x, device, channels_last=False):
+    """Move an image batch to the device (non-blocking from pinned memory), channels-last when asked."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def set_cpu_threads(num_processes):
     """Split the machine's cores among worker processes so they do not oversubscribe."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, num_processes)))

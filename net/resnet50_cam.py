@@ -3,7 +3,6 @@
 Because the classifier is linear and has no bias, the logit of class c equals the GAP of the raw class map
 w_c^T f(x) (Zhang et al.; paper Sec. 3.2), so every pooling (GAP, GNDRP) can work on `class_maps`.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -68,8 +67,3 @@ def load_classifier(path, num_classes, device="cpu"):
     model = Net(num_classes)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
-
-
-def to_device_batch(x, device, channels_last):
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

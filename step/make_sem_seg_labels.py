@@ -26,7 +26,7 @@ from misc import dist, imutils, indexing
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec
 from misc.fileio import DataError, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb, save_png
-from misc.torchutils import autocast, set_cpu_threads
+from misc.torchutils import autocast, set_cpu_threads, to_device
 from net.resnet50_irn import load_irnet
 from voc12.dataloader import load_id_list, scale_pyramid
 
@@ -92,9 +92,7 @@ def _work(worker_idx, ids, device, args):
             if record["cam"].shape[1:] != feat:
                 raise DataError(f"{cam_dir}/{img_id}.npz: cam is {record['cam'].shape[1:]}, expected the stride-4 "
                                 f"size {feat} of the {img.shape[:2]} image")
-            pair = torch.from_numpy(scale_pyramid(img, (1.0,))[0]).to(device)
-            if channels_last:
-                pair = pair.contiguous(memory_format=torch.channels_last)
+            pair = to_device(torch.from_numpy(scale_pyramid(img, (1.0,))[0]), device, channels_last)
             with autocast(device, args.amp):
                 edge = model.boundary_map(pair, pad_to=args.irn_crop_size).float()
             cams = torch.from_numpy(record["cam"]).to(device)

@@ -34,8 +34,8 @@ from misc.datasets import build_spec
 from misc.fileio import DataError, check_writable_dir, load_image_rgb, save_cam_npz
 from misc.imutils import strided_size
 from misc.rib_losses import finetune_loss, gap_pool, gndrp_pool
-from misc.torchutils import PolyOptimizer, autocast, poly_param_groups
-from net.resnet50_cam import flip_merged_cam, load_classifier, to_device_batch
+from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, to_device
+from net.resnet50_cam import flip_merged_cam, load_classifier
 from voc12.dataloader import classification_augment, load_id_list, scale_pyramid
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def rib_finetune_image(model, target, next_others, cfg, device, forward=None, am
     forward = forward or model.class_maps
     label = target["label"].to(device=device, dtype=torch.float32)
     keys = torch.nonzero(target["label"] > 0, as_tuple=False).flatten().to(device)
-    pairs = [to_device_batch(p, device, channels_last) for p in target["img"]]
+    pairs = [to_device(p, device, channels_last) for p in target["img"]]
     scales = cfg.forward_scales
     cam_at = [scales.index(s) for s in cfg.cam_scales]
     loss_at = {scales.index(s) for s in cfg.loss_scales}
@@ -324,7 +324,7 @@ def rib_finetune_image(model, target, next_others, cfg, device, forward=None, am
             others = next_others(k)
             batches += 1
             if others["img"].shape[0] > 0:
-                x = to_device_batch(others["img"], device, channels_last)
+                x = to_device(others["img"], device, channels_last)
                 other_labels = others["label"].to(device, non_blocking=True)
                 with autocast(device, amp):
                     other_maps = forward(x)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from misc import dist
 from misc.datasets import build_spec
 from misc.fileio import save_checkpoint
-from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, seed_everything
+from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, seed_everything, to_device
 from net.resnet50 import calibrate_batchnorm
 from net.resnet50_cam import Net
 from voc12.dataloader import ClassificationDataset, classification_augment, load_id_list
@@ -83,9 +83,7 @@ def run(args):
         loss_sum = torch.zeros((), device=device)
         bar = tqdm(loader, desc=f"train_cam epoch {epoch + 1}/{args.cam_num_epoches}", disable=rank != 0)
         for batch in bar:
-            x = batch["img"].to(device, non_blocking=True)
-            if on_cuda and args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_device(batch["img"], device, on_cuda and args.channels_last)
             labels = batch["label"].to(device, non_blocking=True)
             with autocast(device, args.amp):
                 logits = train_model(x)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from misc import dist, imutils, indexing
 from misc.datasets import build_spec
 from misc.fileio import DataError, load_label_png, save_checkpoint
-from misc.torchutils import PolyOptimizer, autocast, seed_everything
+from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
 from net.resnet50 import calibrate_batchnorm
 from net.resnet50_irn import AffinityDisplacementLoss, IRNet
 from voc12.dataloader import ImageDataset, load_id_list, numpy_rng_from_torch
@@ -111,11 +111,6 @@ def build_model(args, spec, ids):
         # IRN's backbone is frozen, so its BN statistics are never learnt: calibrate a random one on data.
         calibrate_batchnorm(model, calibration_batches(spec, ids, args.irn_crop_size, args.seed))
     return model
-
-
-def to_device(x, device, channels_last):
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()
