@@ -15,7 +15,6 @@ for a 500x375 image (several copies are alive at once). `random_walk_lean` compu
 2**exp_times products with the sparse T, stored as a stencil (69 neighbours per pixel at radius 5), so its memory
 grows linearly with the image. `random_walk_dense` keeps the official construction as the reference.
 """
-import math
 
 import numpy as np
 import torch
@@ -269,7 +268,3 @@ def num_pairs(radius):
 def dense_bytes(h, w, dtype_bytes=4):
     """Size of one dense (h*w)^2 matrix: the unit of the official random walk's memory."""
     return (h * w) ** 2 * dtype_bytes
-
-
-def feature_size(size, stride=4):
-    return math.ceil(size[0] / stride), math.ceil(size[1] / stride)

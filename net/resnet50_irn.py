@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from misc import indexing
+from misc import imutils, indexing
 from net.resnet50 import load_backbone_weights, resnet50
 
 
@@ -110,7 +110,7 @@ class IRNet(nn.Module):
         pad_to x pad_to (IRN pads VOC images to the 512 training crop, so GroupNorm sees the statistics of
         training); larger images are never cropped."""
         h, w = pair.shape[-2:]
-        fh, fw = indexing.feature_size((h, w))
+        fh, fw = imutils.strided_size((h, w), 4)
         pad_h, pad_w = max(0, pad_to - h), max(0, pad_to - w)
         if pad_h or pad_w:
             pair = F.pad(pair, (0, pad_w, 0, pad_h))

@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from misc import indexing  # noqa: E402
+from misc import imutils, indexing  # noqa: E402
 from step.make_sem_seg_labels import walk_to_labels  # noqa: E402
 
 
 def synthetic_case(height, width, classes, seed=0):
     """(cams (C, h, w) in [0, 1], edge (h, w) in [0, 1]) at stride 4 of a height x width image."""
-    h, w = indexing.feature_size((height, width))
+    h, w = imutils.strided_size((height, width), 4)
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                             indexing="ij")
@@ -106,7 +106,7 @@ def main():
             json.dump({"seconds": seconds, "peak": peak, "rss_peak": proc_status("VmHWM")}, f)
         return
 
-    h, w = indexing.feature_size((args.height, args.width))
+    h, w = imutils.strided_size((args.height, args.width), 4)
     print(f"random walk of a {args.width}x{args.height} image: {h}x{w} stride-4 grid, {args.classes} classes, "
           f"radius {args.radius}, beta {args.beta:g}, 2^{args.exp_times} steps, device {args.device}, "
           f"{torch.get_num_threads()} threads; one dense matrix = {indexing.dense_bytes(h, w) / 2 ** 30:.2f} GiB")

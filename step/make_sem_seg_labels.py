@@ -88,7 +88,7 @@ def _work(worker_idx, ids, device, args):
             img = load_image_rgb(spec.image_path(img_id))
             record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
             check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
-            feat = indexing.feature_size(img.shape[:2])
+            feat = imutils.strided_size(img.shape[:2], 4)
             if record["cam"].shape[1:] != feat:
                 raise DataError(f"{cam_dir}/{img_id}.npz: cam is {record['cam'].shape[1:]}, expected the stride-4 "
                                 f"size {feat} of the {img.shape[:2]} image")

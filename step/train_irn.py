@@ -34,7 +34,7 @@ SCALE_RANGE = (0.5, 1.5)
 
 def training_path_index(crop_size):
     """PathIndex of the stride-4 crop (128 x 128 for 512 crops; small test crops get a padded grid)."""
-    feat = indexing.feature_size((crop_size, crop_size))
+    feat = imutils.strided_size((crop_size, crop_size), 4)
     return indexing.PathIndex(TRAIN_RADIUS, indexing.grid_size_for(TRAIN_RADIUS, feat))
 
 
@@ -71,7 +71,7 @@ class AffinityDataset(ImageDataset):
             img, label = img[:, ::-1], label[:, ::-1]
         img = imutils.normalize(img)
         img, label = imutils.random_crop([img, label], self.crop_size, [0.0, 255], rng)
-        reduced = imutils.resize(label, indexing.feature_size(label.shape), nearest=True)
+        reduced = imutils.resize(label, imutils.strided_size(label.shape, 4), nearest=True)
         gh, gw = self.path_index.size  # pad tiny crops to the PathIndex grid with "ignore"
         reduced = np.pad(reduced, ((0, gh - reduced.shape[0]), (0, gw - reduced.shape[1])), constant_values=255)
         bg_pos, fg_pos, neg = indexing.affinity_labels(reduced, self.path_index.src_indices,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_args, train_subset_ids, write_list
-from misc import indexing
+from misc import imutils, indexing
 from misc.fileio import DataError, load_label_png, save_cam_npz, save_png
 
 
@@ -225,7 +225,7 @@ def write_gt_cams(cam_dir, voc_root, ids, num_classes=20):
             maps.append(m / max(m.max(), 1e-5))
         h, w = gt.shape
         high_res = np.array(maps, np.float32).reshape(len(classes), h, w)
-        fh, fw = indexing.feature_size((h, w))
+        fh, fw = imutils.strided_size((h, w), 4)
         cam = np.array([cv2.resize(m, (fw, fh), interpolation=cv2.INTER_AREA) for m in maps],
                        np.float32).reshape(len(classes), fh, fw)
         save_cam_npz(os.path.join(cam_dir, img_id + ".npz"), np.array(classes) - 1, cam, high_res)
@@ -302,7 +302,7 @@ def test_missing_irnet_checkpoint_and_foreign_classes(tmp_path, voc_root):
     # a CAM with class index 25 (COCO-like) on the 20-class VOC dataset
     gt = load_label_png(os.path.join(voc_root, "SegmentationClassAug", ids[0] + ".png"))
     h, w = gt.shape
-    fh, fw = indexing.feature_size((h, w))
+    fh, fw = imutils.strided_size((h, w), 4)
     save_cam_npz(os.path.join(args.rib_out_dir, ids[0] + ".npz"), [25], np.ones((1, fh, fw)), np.ones((1, h, w)))
     with pytest.raises(DataError, match="25.*20 classes"):
         cam_to_ir_label.run(args)
