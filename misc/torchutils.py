@@ -70,5 +70,9 @@ def to_device(x, device, channels_last=False):
 
 
 def set_cpu_threads(num_processes):
-    """Split the machine's cores among worker processes so they do not oversubscribe."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, num_processes)))
+    """Threads of one of `num_processes` CPU workers: OMP_NUM_THREADS when set, else the cores split among them
+    (no oversubscription). oneDNN's results depend on the thread count, so bit-identical CPU outputs across
+    worker counts need a fixed count: set OMP_NUM_THREADS."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1) // max(1, num_processes)
+    torch.set_num_threads(max(1, threads))

@@ -34,7 +34,7 @@ from misc.datasets import build_spec
 from misc.fileio import DataError, check_writable_dir, load_image_rgb, save_cam_npz
 from misc.imutils import strided_size
 from misc.rib_losses import finetune_loss, gap_pool, gndrp_pool
-from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, to_device
+from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, set_cpu_threads, to_device
 from net.resnet50_cam import flip_merged_cam, load_classifier
 from voc12.dataloader import classification_augment, load_id_list, scale_pyramid
 
@@ -394,15 +394,6 @@ def write_background_record(path, size):
 # --- workers --------------------------------------------------------------------------------------------------
 
 
-def cpu_threads_per_worker(num_workers):
-    """CPU threads of a worker. oneDNN's results depend on the thread count, so bit-identical CPU outputs across
-    worker counts need a fixed count: OMP_NUM_THREADS wins when set; else the cores are split among workers."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, (os.cpu_count() or 1) // max(1, num_workers))
-
-
 def _rib_worker(worker_idx, ids, device, args):
     if not ids:
         return
@@ -414,7 +405,7 @@ def _rib_worker(worker_idx, ids, device, args):
         if torch.device(device).index is not None:
             torch.cuda.set_device(torch.device(device))
     else:
-        torch.set_num_threads(cpu_threads_per_worker(args.rib_num_local_workers))
+        set_cpu_threads(args.rib_num_local_workers)
         # Denormal floats (tiny activations, common in fine-tuned and random networks) take a slow CPU path:
         # measured 3-4x slower forwards here. Flushing them to zero changes nothing above 1e-38.
         torch.set_flush_denormal(True)
