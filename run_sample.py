@@ -1,11 +1,15 @@
-"""RIB pipeline driver (IRN-style): parses every flag in one place, then runs the enabled steps in order.
+"""RIB pipeline driver (IRN-style): every flag in one place, then the steps in order. Every step is on.
 
-    python run_sample.py --voc12_root VOCdevkit/VOC2012 --work_dir runs/voc --backbone_weights imagenet \
-        --train_cam_pass true --rib_pass true --eval_cam_pass true --eval_cam_source rib ...
-    python run_sample.py --demo          # synthetic data, CPU, a few minutes
+    python run_sample.py --voc12_root VOCdevkit/VOC2012 --backbone_weights imagenet     # the whole VOC pipeline
+    python run_sample.py --voc12_root R --only rib,eval_cam                             # just these steps
+    python run_sample.py --voc12_root R --train_irn_pass false                          # all but one
+    python run_sample.py --voc12_root R --rib_iter 5 --work_dir runs/k5 --only rib,eval_cam
+    python run_sample.py --demo          # synthetic data on the CPU, every step, a few minutes
 
-Every default is the paper's (or the official code's where the paper is silent); dataset-dependent values come
-from the preset of --dataset (voc12/preset.py, coco14/preset.py). `python run_sample.py --help` lists them all.
+Defaults reproduce the published numbers: the official code's behaviour where it differs from the paper's text
+(--rib_equations paper switches to the paper's equations). Dataset-dependent values come from the preset of
+--dataset (voc12/preset.py, coco14/preset.py). Outputs go under --work_dir; a step skips finished work, and stops
+when its outputs were made with other settings (another --work_dir, or --overwrite STEP).
 """
 import argparse
 import importlib
@@ -15,41 +19,39 @@ import sys
 import time
 
 from misc import datasets, runlog
+from misc.cli import (ArgumentParser, HelpFormatter, device_name, float_in, int_at_least, int_range, name_list, scale_list,
+                      show_all_defaults, str2bool, sweep)
 
-# Steps in execution order: (flag name, module in step/). Each module has run(args).
+# Steps in execution order: (name, module in step/, on by default?). Each module has run(args). A step whose
+# default is a function is on when that function says so (the refinement path chosen by --refine, the DeepLab
+# re-training that VOC uses and COCO / saliency runs do not).
 STEPS = (
-    ("train_cam", "step.train_cam"),
-    ("make_cam", "step.make_cam"),
-    ("rib", "step.rib"),
-    ("eval_cam", "step.eval_cam"),
-    ("cam_to_ir_label", "step.cam_to_ir_label"),
-    ("train_irn", "step.train_irn"),
-    ("make_sem_seg", "step.make_sem_seg_labels"),
-    ("eval_sem_seg", "step.eval_sem_seg"),
+    ("train_cam", "step.train_cam", True),
+    ("make_cam", "step.make_cam", True),
+    ("rib", "step.rib", True),
+    ("eval_cam", "step.eval_cam", True),
+    ("cam_to_ir_label", "step.cam_to_ir_label", lambda a: a.refine == "irn"),
+    ("train_irn", "step.train_irn", lambda a: a.refine == "irn"),
+    ("make_sem_seg", "step.make_sem_seg_labels", lambda a: a.refine == "irn"),
+    ("cam_to_psa_label", "step.cam_to_psa_label", lambda a: a.refine == "psa"),
+    ("train_aff", "step.train_aff", lambda a: a.refine == "psa"),
+    ("make_psa_sem_seg", "step.make_psa_sem_seg", lambda a: a.refine == "psa"),
+    ("eval_sem_seg", "step.eval_sem_seg", True),
+    ("make_seg_labels", "step.make_seg_labels", True),
+    ("train_deeplab", "step.train_deeplab", True),
+    ("retrain_deeplab", "step.retrain_deeplab",
+     lambda a: getattr(a, "seg_retrain", False) and not getattr(a, "seg_saliency_dir", "")),
+    ("infer_deeplab", "step.infer_deeplab", True),
+    ("eval_deeplab", "step.eval_deeplab", True),
 )
+STEP_NAMES = tuple(name for name, _, _ in STEPS)
+
+# The paper's equations vs the official code (--rib_equations); the single flags still override.
+RIB_EQUATIONS = {"official": {"gndrp_norm": "official", "rib_margin_mode": "official", "rib_aggregate": "official"},
+                 "paper": {"gndrp_norm": "paper", "rib_margin_mode": "paper", "rib_aggregate": "paper"}}
 
 
-def str2bool(v):
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("true", "1", "yes", "y", "on"):
-        return True
-    if v.lower() in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
-
-
-def float_tuple(v):
-    try:
-        return tuple(float(x) for x in v.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {v!r}") from None
-
-
-def get_args_parser(dataset="voc12"):
-    preset = datasets.preset(dataset)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
+def add_environment_args(p, dataset, preset):
     g = p.add_argument_group("environment")
     g.add_argument("--dataset", default=dataset, choices=datasets.DATASETS,
                    help="dataset whose preset (class count, RIB and IRN values) is applied")
@@ -57,126 +59,174 @@ def get_args_parser(dataset="voc12"):
                    help="VOC2012 folder with JPEGImages/ and SegmentationClass/ (or SegmentationClassAug/)")
     g.add_argument("--coco_root", default="coco2014", help="COCO 2014 root (used with --dataset coco14)")
     g.add_argument("--work_dir", default="work", help="every output goes under it: sess/, result/, run.log")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    g.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                   help="data-loading worker processes (CPU processes for the CRF step)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", type=device_name,
+                   help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    g.add_argument("--num_workers", type=int_at_least(0), default=max(1, (os.cpu_count() or 2) // 2),
+                   help="data-loading worker processes (CPU processes for the CRF steps); 0 loads in-process")
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of every random draw of the pipeline")
     g.add_argument("--amp", type=str2bool, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     g.add_argument("--channels_last", type=str2bool, default=True, help="channels-last tensors on CUDA")
     g.add_argument("--demo", action="store_true",
-                   help="make a small synthetic VOC-format dataset and run the pipeline on it on CPU")
+                   help="write a small synthetic VOC-format dataset (4 classes) under <work_dir>/demo_data and run "
+                        "every step on it on the CPU; --work_dir defaults to demo_work, and the demo's small "
+                        "settings (see DEMO_FLAGS in run_sample.py) replace the paper's unless given on the "
+                        "command line")
 
+
+def add_dataset_args(p, dataset, preset):
     g = p.add_argument_group("dataset")
     g.add_argument("--train_list", default=preset["train_list"], help="classifier / IRNet training ids")
     g.add_argument("--infer_list", default=preset["infer_list"],
                    help="ids to make CAMs, RIB maps, IR labels and pseudo masks for")
-    g.add_argument("--eval_list", default=preset["eval_list"], help="ids with masks to evaluate on")
-    g.add_argument("--cls_labels", default="", help="image-level label file (.npz); default: the package's")
+    g.add_argument("--eval_list", default=preset["eval_list"], help="ids with masks to evaluate seeds and masks on")
+    g.add_argument("--cls_labels", default="", help="image-level label file (.npz); default: the dataset's")
     g.add_argument("--gt_dir", default="", help="ground-truth mask folder; default: <root>/SegmentationClass, "
                                                 "falling back to <root>/SegmentationClassAug")
 
+
+def add_classifier_args(p, dataset, preset):
     g = p.add_argument_group("classifier (train_cam, make_cam)")
     g.add_argument("--backbone_weights", default="imagenet",
                    help="torchvision-format ResNet-50 state dict PATH, 'imagenet' (download when online), or "
                         "'none' (random init, for tests and demos)")
-    g.add_argument("--cam_num_epoches", type=int, default=5)
-    g.add_argument("--cam_batch_size", type=int, default=16)
-    g.add_argument("--cam_crop_size", type=int, default=512)
-    g.add_argument("--cam_resize_long", type=float_tuple, default=(320, 640),
+    g.add_argument("--cam_num_epoches", type=int_at_least(1), default=5, help="classifier training epochs")
+    g.add_argument("--cam_batch_size", type=int_at_least(1), default=16, help="classifier training batch")
+    g.add_argument("--cam_crop_size", type=int_at_least(16), default=512, help="classifier training crop")
+    g.add_argument("--cam_resize_long", type=int_range, default="320,640",
                    help="random long-side range of the training augmentation (also for RIB's other images)")
-    g.add_argument("--cam_learning_rate", type=float, default=0.1, help="10x on the classifier layer")
-    g.add_argument("--cam_weight_decay", type=float, default=1e-4)
+    g.add_argument("--cam_learning_rate", type=float_in(0, low_open=True), default=0.1,
+                   help="classifier learning rate; 10x on the classifier layer")
+    g.add_argument("--cam_weight_decay", type=float_in(0), default=1e-4, help="classifier weight decay")
     g.add_argument("--official_momentum_bug", type=str2bool, default=True,
                    help="reproduce IRN's PolyOptimizer bug (weight decay passed as SGD momentum, i.e. momentum "
                         "1e-4) in every optimiser, as the published numbers were made; false: --momentum")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum when --official_momentum_bug false")
-    g.add_argument("--cam_scales", type=float_tuple, default=(1.0, 0.5, 1.5, 2.0),
+    g.add_argument("--momentum", type=float_in(0, 1, high_open=True), default=0.9,
+                   help="SGD momentum when --official_momentum_bug false")
+    g.add_argument("--cam_scales", type=scale_list, default="1.0,0.5,1.5,2.0",
                    help="inference scales of CAMs (each with its flip)")
+    g.add_argument("--check_classifier", type=str2bool, default=True,
+                   help="after train_cam, check that the classifier's logits on a few training images are finite "
+                        "and bounded (a diverged classifier stops here, not later in RIB)")
 
+
+def add_eval_cam_args(p, dataset, preset):
     g = p.add_argument_group("seed evaluation (eval_cam)")
-    g.add_argument("--eval_cam_source", default="cam", choices=("cam", "rib", "both"),
+    g.add_argument("--eval_cam_source", default="both", choices=("cam", "rib", "both"),
                    help="evaluate result/cam (plain CAM), result/cam_rib (RIB), or both")
-    g.add_argument("--cam_eval_thres", type=float, default=None,
+    g.add_argument("--cam_eval_thres", type=float_in(0, 1), default=None,
                    help="one background threshold; default: the sweep --cam_eval_sweep")
-    g.add_argument("--cam_eval_sweep", type=float_tuple, default=float_tuple(preset["cam_eval_sweep"]),
+    g.add_argument("--cam_eval_sweep", type=sweep, default=preset["cam_eval_sweep"],
                    help="start,stop,step of the background threshold sweep (stop included)")
     g.add_argument("--eval_crf", type=str2bool, default=False,
                    help="also evaluate dense-CRF refined seeds (Table 1's CRF column)")
-    g.add_argument("--save_cam_png", type=int, default=8, help="CAM overlay pictures written by eval_cam")
+    g.add_argument("--save_cam_png", type=int_at_least(0), default=8, help="CAM overlay pictures written by eval_cam")
 
+
+def add_rib_args(p, dataset, preset):
     g = p.add_argument_group("RIB (paper Sec. 3.2; official obtain_RIB_CAM.py)")
-    g.add_argument("--rib_iter", type=int, default=10, help="K, fine-tuning iterations per image")
-    g.add_argument("--rib_learning_rate", type=float, default=preset["rib_learning_rate"],
+    g.add_argument("--rib_iter", type=int_at_least(0), default=10, help="K, fine-tuning iterations per image")
+    g.add_argument("--rib_learning_rate", type=float_in(0), default=preset["rib_learning_rate"],
                    help="lambda; 10x on the classifier layer")
-    g.add_argument("--rib_weight_decay", type=float, default=1e-4)
-    g.add_argument("--rib_batch", type=int, default=preset["rib_batch"],
+    g.add_argument("--rib_weight_decay", type=float_in(0), default=1e-4, help="weight decay of RIB's optimiser")
+    g.add_argument("--rib_batch", type=int_at_least(0), default=preset["rib_batch"],
                    help="other images per iteration besides the target, i.e. B-1 in the paper's notation "
                         "(the paper's B = 20 is the batch; the official code draws 20 others, which this "
                         "default follows)")
-    g.add_argument("--rib_crop_size", type=int, default=512, help="crop of the other images")
-    g.add_argument("--rib_disjoint_prob", type=float, default=1.0,
+    g.add_argument("--rib_crop_size", type=int_at_least(16), default=512, help="crop of the other images")
+    g.add_argument("--rib_disjoint_prob", type=float_in(0, 1), default=1.0,
                    help="probability that an other image shares no class with the target (official: 1)")
-    g.add_argument("--rib_pooling", default="gndrp", choices=("gndrp", "gap"))
-    g.add_argument("--rib_score_th", type=float, default=preset["rib_score_th"], help="tau of GNDRP")
-    g.add_argument("--gndrp_norm", default="paper", choices=("paper", "official"),
-                   help="paper: mean over kept locations (Eq. 3); official: zero dropped ones, mean over all")
-    g.add_argument("--rib_margin", type=float, default=preset["rib_margin"], help="margin m of L_RIB")
-    g.add_argument("--rib_margin_mode", default="paper", choices=("paper", "official"),
+    g.add_argument("--rib_pooling", default="gndrp", choices=("gndrp", "gap"), help="pooling of the class maps")
+    g.add_argument("--rib_score_th", type=float_in(0, 1), default=preset["rib_score_th"], help="tau of GNDRP")
+    g.add_argument("--rib_equations", default="official", choices=tuple(RIB_EQUATIONS),
+                   help="official: the official code's behaviour, which made the published numbers (sets "
+                        "--gndrp_norm, --rib_margin_mode and --rib_aggregate to official); paper: the paper's "
+                        "equations (Eq. 3, min(m, y_c), k = 0..K). The three flags override it one by one")
+    g.add_argument("--gndrp_norm", default=None, choices=("paper", "official"),
+                   help="paper: mean over kept locations (Eq. 3); official: zero dropped ones, mean over all "
+                        "(default: from --rib_equations)")
+    g.add_argument("--rib_margin", type=float_in(0, low_open=True), default=preset["rib_margin"],
+                   help="margin m of L_RIB")
+    g.add_argument("--rib_margin_mode", default=None, choices=("paper", "official"),
                    help="paper: -sum t_c min(m, y_c); official: -sum t_c y_c and stop once the target's "
-                        "summed logit exceeds m")
+                        "summed logit exceeds m (default: from --rib_equations)")
     g.add_argument("--rib_explode_stop", type=str2bool, default=True,
                    help="official early stop (k >= 1) when the scale-1.0 CAM covers too much of the image")
-    g.add_argument("--rib_explode_th", type=float, default=0.3,
+    g.add_argument("--rib_explode_th", type=float_in(0, 1), default=0.3,
                    help="a pixel is covered when a true class exceeds this fraction of its max")
-    g.add_argument("--rib_explode_ratio", type=float, default=preset["rib_explode_ratio"],
+    g.add_argument("--rib_explode_ratio", type=float_in(0, 1), default=preset["rib_explode_ratio"],
                    help="stop when the covered share of the pixels exceeds this")
-    g.add_argument("--rib_aggregate", default="paper", choices=("paper", "official"),
+    g.add_argument("--rib_aggregate", default=None, choices=("paper", "official"),
                    help="paper: M = sum of CAM(theta_k), k = 0..K (final model included), and a model whose "
                         "CAM exploded adds nothing; official: k = 0..K-1, and an exploded step still adds its "
-                        "scale-1.0 CAM (the official code's order)")
+                        "scale-1.0 CAM (the official code's order) (default: from --rib_equations)")
     g.add_argument("--rib_loss", default="rib", choices=("rib", "bce_sigmoid", "bce_tanh", "bce_softsign"),
                    help="fine-tuning loss (Table 5a ablations: BCE on a saturating activation)")
-    g.add_argument("--rib_loss_scales", type=float_tuple, default=(1.0, 1.5, 2.0),
+    g.add_argument("--rib_loss_scales", type=scale_list, default="1.0,1.5,2.0",
                    help="target scales whose logits enter the loss (official: all but 0.5)")
     g.add_argument("--rib_save_iters", type=str2bool, default=False,
                    help="also save the CAM accumulated up to each k to <rib_out_dir>_iters/kNN (Fig. 5's "
                         "mIoU-vs-K curve; score them with scripts/eval_rib_iters.py)")
-    g.add_argument("--rib_workers", type=int, default=0,
+    g.add_argument("--rib_workers", type=int_at_least(0), default=0,
                    help="worker processes on this machine (0: one per visible GPU, 1 on CPU; more than the GPU "
                         "count shares GPUs round-robin, the official COCO run used 3 per GPU)")
-    g.add_argument("--rib_loader_workers", type=int, default=2,
+    g.add_argument("--rib_loader_workers", type=int_at_least(0), default=2,
                    help="DataLoader workers per RIB worker that prepare the other images (0: in-process, "
                         "faster on a few-core CPU; a GPU at the paper's settings likely needs more than 2, "
                         "see docs/benchmarks.md)")
     g.add_argument("--rib_compile", type=str2bool, default=False, help="torch.compile the model (CUDA)")
 
+
+def add_irn_args(p, dataset, preset):
     g = p.add_argument_group("inter-pixel relations (cam_to_ir_label, train_irn)")
     g.add_argument("--ir_cam_source", default="rib", choices=("cam", "rib"),
                    help="CAMs the IRN stage starts from (result/cam or result/cam_rib)")
-    g.add_argument("--conf_fg_thres", type=float, default=preset["conf_fg_thres"],
+    g.add_argument("--conf_fg_thres", type=float_in(0, 1), default=preset["conf_fg_thres"],
                    help="confident foreground threshold (IRN's own: 0.30)")
-    g.add_argument("--conf_bg_thres", type=float, default=preset["conf_bg_thres"],
+    g.add_argument("--conf_bg_thres", type=float_in(0, 1), default=preset["conf_bg_thres"],
                    help="confident background threshold (IRN's own: 0.05)")
-    g.add_argument("--irn_crop_size", type=int, default=512)
-    g.add_argument("--irn_batch_size", type=int, default=32)
-    g.add_argument("--irn_num_epoches", type=int, default=3)
-    g.add_argument("--irn_learning_rate", type=float, default=0.1, help="edge branch; 10x on displacement")
-    g.add_argument("--irn_weight_decay", type=float, default=1e-4)
+    g.add_argument("--irn_crop_size", type=int_at_least(16), default=512, help="IRNet training crop")
+    g.add_argument("--irn_batch_size", type=int_at_least(1), default=32, help="IRNet training batch")
+    g.add_argument("--irn_num_epoches", type=int_at_least(1), default=3, help="IRNet training epochs")
+    g.add_argument("--irn_learning_rate", type=float_in(0, low_open=True), default=0.1,
+                   help="edge branch; 10x on displacement")
+    g.add_argument("--irn_weight_decay", type=float_in(0), default=1e-4, help="IRNet weight decay")
 
     g = p.add_argument_group("random walk (make_sem_seg)")
-    g.add_argument("--beta", type=float, default=10.0, help="affinity exponent")
-    g.add_argument("--exp_times", type=int, default=8, help="the transition matrix is raised to 2^exp_times")
-    g.add_argument("--sem_seg_power", type=float, default=preset["sem_seg_power"],
+    g.add_argument("--beta", type=float_in(0, low_open=True), default=10.0, help="affinity exponent")
+    g.add_argument("--exp_times", type=int_at_least(0), default=8,
+                   help="the transition matrix is raised to 2^exp_times")
+    g.add_argument("--sem_seg_power", type=float_in(0, low_open=True), default=preset["sem_seg_power"],
                    help="CAM ** power before the walk (official RIB: 1.3)")
-    g.add_argument("--sem_seg_bg_thres", type=float, default=preset["sem_seg_bg_thres"])
+    g.add_argument("--sem_seg_bg_thres", type=float_in(0, 1), default=preset["sem_seg_bg_thres"],
+                   help="background score of the walked maps")
     g.add_argument("--save_palette", type=str2bool, default=True, help="also write colour PNGs of the masks")
 
-    g = p.add_argument_group("steps (true/false)")
-    for name, _ in STEPS:
-        g.add_argument(f"--{name}_pass", type=str2bool, default=False)
-    for action in p._actions:  # argparse shows a default only next to help text: show every default
-        if action.help is None:
-            action.help = "(default: %(default)s)"
+
+def add_step_args(p, dataset, preset):
+    g = p.add_argument_group("steps (every step of the chosen pipeline is on by default)")
+    g.add_argument("--refine", default="irn", choices=("irn", "psa"),
+                   help="refinement of the seeds into pseudo masks: IRN (result/sem_seg) or PSA "
+                        "(result/sem_seg_psa); eval_sem_seg and the DeepLab stage read the chosen one")
+    g.add_argument("--only", type=name_list(STEP_NAMES), default=(),
+                   help="run just these steps (comma-separated), e.g. --only rib,eval_cam")
+    g.add_argument("--overwrite", type=name_list(STEP_NAMES), default=(),
+                   help="delete these steps' outputs and remake them (comma-separated); without it a step whose "
+                        "outputs were made with other settings stops")
+    for name, _, _ in STEPS:
+        g.add_argument(f"--{name}_pass", type=str2bool, default=None,
+                       help=f"true/false: run the {name} step (default: on)")
+
+
+ARG_GROUPS = [add_environment_args, add_dataset_args, add_classifier_args, add_eval_cam_args, add_rib_args,
+              add_irn_args, add_step_args]
+
+
+def get_args_parser(dataset="voc12"):
+    preset = datasets.preset(dataset)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for add in ARG_GROUPS:
+        add(p, dataset, preset)
+    show_all_defaults(p)
     return p
 
 
@@ -186,12 +236,16 @@ def parse_args(argv=None):
     pre.add_argument("--dataset", default="voc12", choices=datasets.DATASETS)
     known, _ = pre.parse_known_args(argv)
     args = get_args_parser(known.dataset).parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     return finalize_args(args)
 
 
 def finalize_args(args):
-    """Derived values: the data root of the chosen dataset and every output path under --work_dir."""
+    """Derived values: the data root, the RIB equation flags, and every output path under --work_dir."""
     args.data_root = args.voc12_root if args.dataset == "voc12" else args.coco_root
+    for flag, value in RIB_EQUATIONS[args.rib_equations].items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     w = args.work_dir
     args.sess_dir = os.path.join(w, "sess")
     args.result_dir = os.path.join(w, "result")
@@ -201,7 +255,40 @@ def finalize_args(args):
     args.rib_out_dir = os.path.join(w, "result", "cam_rib")
     args.ir_label_out_dir = os.path.join(w, "result", "ir_label")
     args.sem_seg_out_dir = os.path.join(w, "result", "sem_seg")
+    args.sem_seg_psa_out_dir = os.path.join(w, "result", "sem_seg_psa")
+    # the pseudo masks eval_sem_seg and the DeepLab stage read
+    args.pseudo_mask_dir = args.sem_seg_out_dir if args.refine == "irn" else args.sem_seg_psa_out_dir
     return args
+
+
+def enabled_steps(args):
+    """[(name, module)] to run: --only when given, else every step whose --<step>_pass is not false and whose
+    default says on."""
+    if args.only:
+        explicit_off = [n for n in args.only if getattr(args, f"{n}_pass") is False]
+        if explicit_off:
+            raise SystemExit(f"error: --only names {explicit_off[0]} but --{explicit_off[0]}_pass is false")
+        return [(n, m) for n, m, _ in STEPS if n in args.only]
+    out = []
+    for name, module, default in STEPS:
+        flag = getattr(args, f"{name}_pass")
+        on = flag if flag is not None else (default(args) if callable(default) else default)
+        if on:
+            out.append((name, module))
+    return out
+
+
+def import_step(name, module_name, requested):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        if requested:
+            from misc.fileio import DataError
+            raise DataError(f"step {name} ({module_name}) is not part of this version; drop it from --only")
+        logging.getLogger("run_sample").info("step %s: not part of this version, skipped", name)
+        return None
 
 
 def run_steps(args):
@@ -213,34 +300,71 @@ def run_steps(args):
     args.device = resolve_device(args.device)
     log.info("command: %s", " ".join(sys.argv))
     log.info("dataset %s at %s, device %s, work dir %s", args.dataset, args.data_root, args.device, args.work_dir)
-    enabled = [(n, m) for n, m in STEPS if getattr(args, f"{n}_pass")]
-    if not enabled:
-        log.warning("no step enabled: pass --<step>_pass true for some of %s", ", ".join(n for n, _ in STEPS))
+    steps = enabled_steps(args)
+    if not steps:
+        log.warning("no step enabled")
     total = time.perf_counter()
-    for name, module_name in enabled:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:
-                raise SystemExit(f"step {name} ({module_name}) is not implemented yet in this version; "
-                                 f"turn it off with --{name}_pass false")
-            raise
+    for name, module_name in steps:
+        module = import_step(name, module_name, requested=bool(args.only) or getattr(args, f"{name}_pass"))
+        if module is None:
+            continue
         with runlog.step_timer(name):
             module.run(args)
     log.info("all steps done in %.1f s", time.perf_counter() - total)
+
+
+# --- the demo ------------------------------------------------------------------------------------------------------
+
+# CPU, random init, small synthetic images (voc12/synthetic.py). Flags given on the command line win over these.
+# The classifier trains from scratch here, so the demo uses real SGD momentum (0.9) instead of IRN's momentum bug
+# (which the paper's ImageNet-initialised runs reproduce by default).
+DEMO_FLAGS = {
+    "device": "cpu", "backbone_weights": "none", "cam_num_epoches": 6, "cam_batch_size": 16,
+    "cam_crop_size": 128, "cam_resize_long": (128, 192), "cam_learning_rate": 0.02, "cam_scales": (1.0, 0.5),
+    "official_momentum_bug": False, "eval_cam_source": "both",
+    "rib_iter": 5, "rib_batch": 4, "rib_crop_size": 128, "rib_loader_workers": 0, "rib_loss_scales": (1.0,),
+    "irn_crop_size": 128, "irn_batch_size": 8, "irn_num_epoches": 12, "save_cam_png": 4,
+    # a random-init classifier's maps are flatter than an ImageNet one's: sweep the whole range
+    "cam_eval_sweep": (0.05, 0.95, 0.05),
+}
+
+
+def demo_args(args):
+    """The demo run: synthetic data under <work_dir>/demo_data (made once), the demo's settings where the command
+    line did not give a value, every step of the pipeline."""
+    from voc12 import synthetic
+    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    if "work_dir" not in given:
+        args.work_dir = "demo_work"
+    data = synthetic.make_dataset(os.path.join(args.work_dir, "demo_data"))
+    args.dataset = "voc12"
+    args.voc12_root = data["root"]
+    args.train_list, args.infer_list, args.eval_list = data["train"], data["eval"], data["eval"]
+    args.cls_labels = data["labels"]
+    for name, value in DEMO_FLAGS.items():
+        if name not in given:
+            setattr(args, name, value)
+    return finalize_args(args)
 
 
 def main(argv=None):
     from misc.fileio import DataError
     args = parse_args(argv)
     if args.demo:
-        from voc12 import synthetic
-        args = synthetic.demo_args(args, argv)
+        args = demo_args(args)
+    log = logging.getLogger("run_sample")
     try:
         run_steps(args)
     except DataError as e:
-        logging.getLogger("run_sample").error("%s", e)
+        log.error("%s", e)
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        log.error("interrupted; finished outputs are kept and a rerun resumes")
+        raise SystemExit("error: interrupted")
+    except Exception as e:  # one line on the console, the traceback in run.log
+        log.debug("traceback", exc_info=True)
+        runlog.log_traceback_to_file(log)
+        raise SystemExit(f"error: {type(e).__name__}: {e} (traceback in {os.path.join(args.work_dir, 'run.log')})")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ instances_*.json annotations. Ids are strings; the official loader's list revers
 """
 import os
 
-from voc12.dataloader import DatasetSpec, load_label_table
+from misc.datasets import make_spec_from_label_file
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_LABEL_FILE = os.path.join(PACKAGE_DIR, "cls_labels.npz")
@@ -30,5 +30,5 @@ def make_spec(root, label_file=None, gt_dir=None):
         from misc.fileio import DataError
         raise DataError(f"COCO label file {label_file} does not exist; make it with coco14/make_cls_labels.py "
                         f"from instances_train2014.json / instances_val2014.json (or pass --cls_labels)")
-    return DatasetSpec(name="coco14", root=root, class_names=CLASS_NAMES, labels=load_label_table(label_file),
-                       root_flag="--coco_root", gt_dir=gt_dir, gt_subdirs=("coco_seg_anno",))
+    return make_spec_from_label_file("coco14", root, CLASS_NAMES, label_file, gt_dir=gt_dir, root_flag="--coco_root",
+                                     gt_subdirs=("coco_seg_anno",))

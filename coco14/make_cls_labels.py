@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from coco14.dataloader import CLASS_NAMES  # noqa: E402
-from voc12.dataloader import save_label_table  # noqa: E402
+from misc.datasets import save_label_table  # noqa: E402
 
 
 def labels_from_instances(instances):

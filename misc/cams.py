@@ -26,7 +26,7 @@ def check_cam_files(cam_dir, ids, source):
         step = CAM_SOURCE_STEPS[source]
         raise DataError(f"{len(missing)} of {len(ids)} CAM file(s) are missing in {cam_dir}, e.g. for image "
                         f"{missing[0]} ({os.path.join(cam_dir, missing[0] + '.npz')}): run the {step} step "
-                        f"(--{step}_pass true) on these ids first, or choose the other --ir_cam_source")
+                        f"(--only {step}) on these ids first, or choose the other --ir_cam_source")
 
 
 def check_cam_record(record, img_id, num_classes, image_size, cam_dir):

@@ -36,10 +36,11 @@ def local_devices(device, num_workers):
 
 
 def _worker_entry(worker_idx, worker_fn, shards, devices, args, error_queue):
+    from misc.fileio import DataError
     try:
         worker_fn(worker_idx, shards[worker_idx], devices[worker_idx], args)
     except BaseException as e:  # report, then exit non-zero
-        error_queue.put(f"worker {worker_idx} ({devices[worker_idx]}): {e}\n{traceback.format_exc()}")
+        error_queue.put((isinstance(e, DataError), f"{type(e).__name__}: {e}", traceback.format_exc()))
         raise SystemExit(1)
 
 
@@ -62,11 +63,32 @@ def run_sharded(worker_fn, ids, args, devices):
         p.join()
     failed = [p for p in procs if p.exitcode != 0]
     if failed:
-        messages = []
+        reports = []
         while not errors.empty():
-            messages.append(errors.get())
-        raise RuntimeError("worker process(es) failed:\n" + ("\n".join(messages) or
-                                                            f"exit codes {[p.exitcode for p in failed]}"))
+            reports.append(errors.get())
+        _raise_worker_failure(reports, [p.exitcode for p in failed])
+
+
+def _raise_worker_failure(reports, exit_codes):
+    """Re-raise a worker's failure in the parent: a DataError stays a one-line DataError; anything else becomes a
+    RuntimeError whose first line is the worker's error, with the workers' tracebacks logged to the run log."""
+    import logging
+    from misc.fileio import DataError
+    log = logging.getLogger(__name__)
+    for _, _, trace in reports:
+        log.debug("worker traceback:\n%s", trace)
+    data_errors = [msg for is_data, msg, _ in reports if is_data]
+    if data_errors:
+        raise DataError(data_errors[0].split(": ", 1)[1])
+    if reports:
+        first = reports[0][1]
+        for _, _, trace in reports:
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "worker traceback:\n%s",
+                                                  (trace.rstrip(),), None))
+        raise RuntimeError(f"a worker process failed: {first}")
+    raise RuntimeError(f"worker process(es) failed with exit codes {exit_codes} (killed? out of memory?)")
 
 
 def init_distributed(device):

@@ -5,7 +5,10 @@ killed step never leaves a truncated output and a rerun can skip what exists.
 """
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -14,10 +17,27 @@ from PIL import Image, UnidentifiedImageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_TEMP_PID = os.getpid()
 
 
 class DataError(RuntimeError):
-    """Bad input (missing file, corrupt image, mismatched classes, ...). The message names the file and the fix."""
+    """Bad input (missing file, corrupt image, mismatched classes, ...). The message names the file and the fix.
+
+    A DataError raised inside a DataLoader worker comes back re-created from a message holding the worker's whole
+    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); the constructor keeps
+    only the original message, so the user still reads one line.
+    """
+
+    def __init__(self, message=""):
+        message = str(message)
+        if message.startswith("Caught DataError") and "DataError: " in message:
+            message = message.rsplit("DataError: ", 1)[1].strip()
+        super().__init__(message)
+
+
+# Temporary files are named .<name>.<host>-<pid>.<random>.tmp<ext>: a run killed during a write leaves one behind,
+# and the next run removes those whose process is gone (remove_stale_temps).
+_TEMP_TAG = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
 
 
 @contextmanager
@@ -26,7 +46,8 @@ def atomic_path(path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
+    tag = _TEMP_TAG if os.getpid() == _TEMP_PID else f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.{tag}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
@@ -35,6 +56,43 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp[^/]*$")
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder, max_age_s=24 * 3600):
+    """Delete the temporary files that killed runs left in `folder`: those of this host whose process is gone,
+    and any older than max_age_s (another host's). Returns how many were removed."""
+    if not os.path.isdir(folder):
+        return 0
+    host = socket.gethostname().replace(".", "_")
+    removed = 0
+    now = time.time()
+    for name in os.listdir(folder):
+        m = _TEMP_NAME.match(name)
+        if not m:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            stale = (m["host"] == host and not _process_alive(int(m["pid"]))) or \
+                now - os.path.getmtime(path) > max_age_s
+            if stale:
+                os.remove(path)
+                removed += 1
+        except OSError:
+            pass  # removed meanwhile by another process
+    return removed
 
 
 def save_json(path, obj):
@@ -92,7 +150,7 @@ def save_cam_npz(path, keys, cam, high_res):
 def load_cam_npz(path, made_by="make_cam or rib"):
     if not os.path.isfile(path):
         raise DataError(f"CAM file {path} is missing: run the step that makes it ({made_by}) first, "
-                        f"e.g. --{made_by.split()[0]}_pass true")
+                        f"e.g. --only {made_by.split()[0]}")
     try:
         return load_npz(path)
     except (OSError, ValueError) as e:
@@ -116,9 +174,30 @@ def load_image_rgb(path):
             if img.mode != "RGB":
                 img = img.convert("RGB")
             return np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"image {path} is corrupt or not an image ({e}); replace the file or drop its id "
                         f"from the list") from e
+
+
+def check_image_file(path):
+    """Cheap check of an image file, without decoding it: PIL recognises the header and the size is positive, and
+    a JPEG ends with its end-of-image marker / a PNG with its IEND chunk (a truncated copy does not).
+    Returns None when the file looks whole, else a description naming the file."""
+    try:
+        with Image.open(path) as img:
+            fmt, (w, h) = img.format, img.size
+        if w <= 0 or h <= 0:
+            return f"{path} (empty image)"
+        if fmt in ("JPEG", "PNG"):
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                tail = f.read()
+            if (fmt == "JPEG" and b"\xff\xd9" not in tail) or (fmt == "PNG" and b"IEND" not in tail):
+                return f"{path} (truncated {fmt} file)"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'not an image'})"
+    return None
 
 
 def load_label_png(path):
@@ -148,13 +227,15 @@ def save_checkpoint(path, state_dict, **meta):
 def load_checkpoint(path, what="checkpoint", made_by=None):
     """Load a checkpoint written by save_checkpoint (weights_only: no pickled code is ever executed)."""
     import torch
-    hint = f"; run --{made_by}_pass true to make it" if made_by else ""
+    make_hint = f"; run the {made_by} step first (--only {made_by})" if made_by else ""
+    hint = f"; delete it, or remake it with --overwrite {made_by}" if made_by else "; delete or replace it"
     if not os.path.isfile(path):
-        raise DataError(f"{what} {path} does not exist{hint}")
+        raise DataError(f"{what} {path} does not exist{make_hint}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for garbage files
-        raise DataError(f"{path} is not a valid {what} ({type(e).__name__}: {e}){hint}") from e
+    except Exception as e:  # torch raises several types for garbage files, some with a page of advice
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise DataError(f"{path} is not a valid {what} ({type(e).__name__}: {first}){hint}") from e
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         return ckpt
     if isinstance(ckpt, dict) and all(hasattr(v, "shape") for v in ckpt.values()):

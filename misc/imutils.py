@@ -91,3 +91,29 @@ def colorize_cam(img, cam, alpha=0.5):
     import matplotlib
     heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255
     return (img.astype(np.float32) * (1 - alpha) + heat * alpha).astype(np.uint8)
+
+
+# --- the pipeline's two input transforms --------------------------------------------------------------------------
+
+
+def classification_augment(img, crop_size, rng, resize_long=(320, 640), hflip=True):
+    """IRN's classifier-training augmentation: random long side in resize_long, h-flip, ImageNet normalisation,
+    random crop_size crop (padding with 0 after normalisation = the mean colour). uint8 HWC -> float32 CHW."""
+    if resize_long:
+        img = random_resize_long(img, resize_long[0], resize_long[1], rng)
+    if hflip and rng.random() < 0.5:
+        img = img[:, ::-1]
+    img = normalize(img)
+    if crop_size:
+        img = random_crop([img], crop_size, [0.0], rng)[0]
+    return hwc_to_chw(img)
+
+
+def scale_pyramid(img, scales):
+    """uint8 HWC image -> list over scales of float32 (2, 3, h, w) arrays: [image, h-flipped image]."""
+    pyramid = []
+    for s in scales:
+        scaled = img if s == 1.0 else rescale(img, s)
+        chw = hwc_to_chw(normalize(scaled))
+        pyramid.append(np.stack([chw, chw[:, :, ::-1]]).copy())
+    return pyramid

@@ -21,15 +21,18 @@ def gndrp_keep_mask(class_maps, labels, tau, norm="paper"):
     For every true class the map is divided by its spatial max (Eq. 2's CAM); locations whose normalised score is
     above tau are dropped. The paper's set is U_tau = {u | CAM(u) <= tau}; the official code keeps CAM < tau.
     Classes that are not in the label keep every location (plain GAP), as in the official code.
-    A true class whose max is <= 0 cannot be normalised (dividing by a non-positive max flips the order; the
-    official code has no guard): it keeps every location too.
+    A true class whose max is <= 0 cannot be normalised (dividing by a non-positive max flips the order):
+    norm='official' divides anyway, as the official code, so every location is dropped (x / max >= 1 > tau) and the
+    class leaves the loss (logit 0, no gradient); norm='paper' keeps every location instead (plain GAP).
     """
     with torch.no_grad():
         peak = class_maps.amax(dim=(2, 3), keepdim=True)
-        normalised = class_maps / peak.clamp_min(1e-5)
-        keep = normalised <= tau if norm == "paper" else normalised < tau
-        applies = (labels[:, :, None, None] > 0) & (peak > 0)
-        return torch.where(applies, keep, torch.ones_like(keep)).to(class_maps.dtype)
+        true_class = labels[:, :, None, None] > 0
+        if norm == "official":
+            keep = (class_maps / peak) < tau
+            return torch.where(true_class, keep, torch.ones_like(keep)).to(class_maps.dtype)
+        keep = (class_maps / peak.clamp_min(1e-5)) <= tau
+        return torch.where(true_class & (peak > 0), keep, torch.ones_like(keep)).to(class_maps.dtype)
 
 
 def gndrp_pool(class_maps, labels, tau, norm="paper"):

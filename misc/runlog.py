@@ -34,5 +34,19 @@ def step_timer(name):
     log = logging.getLogger("run_sample")
     log.info("step %s: start", name)
     start = time.perf_counter()
-    yield
+    try:
+        yield
+    except BaseException:
+        log.info("step %s: failed after %.1f s", name, time.perf_counter() - start)
+        raise
     log.info("step %s: done in %.1f s", name, time.perf_counter() - start)
+
+
+def log_traceback_to_file(logger):
+    """Write the exception being handled, with its traceback, to the run log only (the console gets one line)."""
+    import traceback
+    text = traceback.format_exc()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (text.rstrip(),), None)
+            handler.handle(record)

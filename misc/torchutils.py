@@ -51,8 +51,12 @@ def resolve_device(name):
     """'cuda' / 'cuda:1' / 'cpu'; None = cuda when available."""
     if name in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    from misc.fileio import DataError
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise DataError(f"--device {name}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0.."
+                        f"cuda:{torch.cuda.device_count() - 1})")
     return name
 
 

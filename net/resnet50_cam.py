@@ -53,10 +53,10 @@ def check_class_count(state_dict, num_classes, path):
     weight = state_dict.get("classifier.weight")
     if weight is None:
         raise DataError(f"{path} is not a classifier checkpoint of this project (no classifier.weight); "
-                        f"train one with --train_cam_pass true")
+                        f"train one with --only train_cam")
     if weight.shape[0] != num_classes:
         raise DataError(f"{path} has {weight.shape[0]} classes but the dataset has {num_classes}; use a "
-                        f"checkpoint trained on this dataset (or retrain with --train_cam_pass true)")
+                        f"checkpoint trained on this dataset (or retrain with --overwrite train_cam)")
 
 
 def load_classifier(path, num_classes, device="cpu"):

@@ -181,5 +181,5 @@ def load_irnet(path, device="cpu"):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise DataError(f"{path} is not an IRNet checkpoint of this project ({str(e).splitlines()[0]}); "
-                        f"retrain it with --train_irn_pass true") from e
+                        f"remake it with --overwrite train_irn") from e
     return model.to(device).eval()

@@ -71,7 +71,7 @@ def bench_ids(args, count, warmup):
     """The first `count` ids of --infer_list that have a ground-truth mask (for the agreement check), and
     `warmup` further ids to warm up on."""
     from misc.datasets import build_spec
-    from voc12.dataloader import load_id_list
+    from misc.datasets import load_id_list
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
     with_masks = [i for i in ids if os.path.isfile(spec.gt_path(i))]
@@ -87,7 +87,8 @@ def ensure_classifier(args):
     from misc.fileio import save_checkpoint
     from net.resnet50 import calibrate_batchnorm
     from net.resnet50_cam import Net
-    from voc12.dataloader import classification_augment, load_id_list
+    from misc.datasets import load_id_list
+    from misc.imutils import classification_augment
     spec = build_spec(args)
     rng = np.random.default_rng(0)
     ids = load_id_list(args.train_list, "--train_list")[:4]
@@ -130,7 +131,8 @@ def reference_rib(args, ids):
     from misc.torchutils import PolyOptimizer, poly_param_groups
     from net.resnet50_cam import load_classifier
     from step.rib import RIBConfig, draw_generator, pool_logits, rib_path, write_background_record
-    from voc12.dataloader import classification_augment, load_id_list, scale_pyramid
+    from misc.datasets import load_id_list
+    from misc.imutils import classification_augment, scale_pyramid
 
     cfg = RIBConfig.from_args(args)
     spec = build_spec(args)

@@ -18,7 +18,7 @@ import run_sample  # noqa: E402
 from misc.fileio import DataError, save_json, save_text  # noqa: E402
 from misc.metrics import markdown_table  # noqa: E402
 from step.rib import iters_dir  # noqa: E402
-from voc12.dataloader import load_id_list  # noqa: E402
+from misc.datasets import load_id_list  # noqa: E402
 
 
 def iteration_dirs(rib_out_dir):

@@ -18,7 +18,7 @@ import run_sample  # noqa: E402
 from misc import cams, imutils  # noqa: E402
 from misc.datasets import build_spec  # noqa: E402
 from misc.fileio import load_cam_npz, load_image_rgb, load_label_png, save_png  # noqa: E402
-from voc12.dataloader import load_id_list  # noqa: E402
+from misc.datasets import load_id_list  # noqa: E402
 
 PALETTE = np.array(imutils.color_palette(), dtype=np.uint8).reshape(-1, 3)
 

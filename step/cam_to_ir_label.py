@@ -16,12 +16,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from misc import dist
+from misc import dist, provenance
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.crf import crf_inference_label
-from misc.datasets import build_spec
+from misc.datasets import build_spec, load_id_list
 from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
-from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +65,13 @@ def _work(worker_idx, ids, device, args):
 def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
-    spec.check_ids(ids, "--infer_list", need_labels=False)
     cam_dir = source_dir(args, args.ir_cam_source)
     check_writable_dir(args.ir_label_out_dir, "--work_dir")
+    provenance.prepare(args, "cam_to_ir_label", args.ir_label_out_dir,
+                       {"cam_source": args.ir_cam_source, "conf_fg_thres": args.conf_fg_thres,
+                        "conf_bg_thres": args.conf_bg_thres}, inputs=[("cams", cam_dir, "dir")])
     todo = [i for i in ids if not os.path.isfile(label_path(args, i))]
+    spec.check_ids(todo, "--infer_list", need_labels=False)
     check_cam_files(cam_dir, todo, args.ir_cam_source)
     log.info("cam_to_ir_label from %s (fg %.2f, bg %.2f): %d of %d images to do (%d already done)", cam_dir,
              args.conf_fg_thres, args.conf_bg_thres, len(todo), len(ids), len(ids) - len(todo))

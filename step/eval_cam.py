@@ -11,12 +11,12 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from misc import imutils
+from misc import imutils, provenance
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_record
-from misc.datasets import build_spec
+from misc.cli import sweep_values
+from misc.datasets import build_spec, load_id_list
 from misc.fileio import load_cam_npz, load_image_rgb, save_json, save_png, save_text
 from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
-from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 def sweep_thresholds(args):
     if args.cam_eval_thres is not None:
         return [float(args.cam_eval_thres)]
-    start, stop, step = args.cam_eval_sweep
-    count = int(round((stop - start) / step)) + 1
-    return [round(start + i * step, 6) for i in range(count)]
+    return sweep_values(*args.cam_eval_sweep)
 
 
 def seed_scores(record, size):
@@ -79,12 +77,12 @@ class ThresholdSweep:
 
 
 def summarize(mat, names):
-    tp_fg = np.diag(mat)[1:].sum()
     pred_fg = mat[:, 1:].sum()
     return {
         **segmentation_report(mat, names),
-        # the official eval prints the share of predicted foreground that is ground-truth background
-        "among_predfg_bg": percent((pred_fg - tp_fg) / pred_fg) if pred_fg else None,
+        # the official eval's share of predicted-foreground pixels whose ground truth is background (foreground
+        # predicted with the wrong class is not counted here)
+        "among_predfg_bg": percent(mat[0, 1:].sum() / pred_fg) if pred_fg else None,
     }
 
 
@@ -95,22 +93,44 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
     thresholds = sweep_thresholds(args)
     names = spec.names_with_background
     sweep = ThresholdSweep(len(names), thresholds)
+    maps = flat = 0
     for img_id in tqdm(ids, desc=f"eval {os.path.basename(cam_dir)}"):
         record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-        gt = spec.load_gt(img_id)
+        gt = spec.load_gt(img_id, image_size=image_size(spec, img_id))
         check_cam_record(record, img_id, spec.num_classes, gt.shape, cam_dir)
         score, fg_class = seed_scores(record, gt.shape)
         sweep.update(gt, score, fg_class)
+        maps += len(record["keys"])
+        flat += int((record["high_res"].reshape(len(record["keys"]), -1).max(axis=1) <= 0).sum())
 
     per_threshold = [scores_from_confusion(sweep.confusion(j))["miou"] for j in range(len(thresholds))]
     best = int(np.nanargmax(per_threshold))
     results = {"source_dir": cam_dir, "threshold": thresholds[best], "num_images": len(ids),
                **summarize(sweep.confusion(best), names),
                "sweep": {f"{t:.2f}": percent(m) for t, m in zip(thresholds, per_threshold)},
-               "all_background_miou": percent(scores_from_confusion(sweep.all_background_confusion())["miou"])}
+               "all_background_miou": percent(scores_from_confusion(sweep.all_background_confusion())["miou"]),
+               "all_zero_class_maps": flat, "class_maps": maps, "warnings": []}
+    if maps and flat > maps / 2:
+        results["warnings"].append(
+            f"{flat} of {maps} class maps are all zero: the classifier barely responds to these images (a "
+            f"degenerate or untrained classifier makes RIB look like it did nothing)")
+    if len(thresholds) > 1 and best in (0, len(thresholds) - 1):
+        edge = "lower" if best == 0 else "upper"
+        results["warnings"].append(
+            f"the best threshold {thresholds[best]:.2f} is the {edge} edge of the sweep: widen --cam_eval_sweep "
+            f"(now {','.join(f'{v:g}' for v in args.cam_eval_sweep)})")
+    for warning in results["warnings"]:
+        log.warning("eval_cam (%s): %s", os.path.basename(cam_dir), warning)
     if crf:
         results["crf"] = evaluate_crf(spec, cam_dir, ids, thresholds[best], names, made_by)
     return results
+
+
+def image_size(spec, img_id):
+    """(H, W) of the image from its header (no decoding): the mask must match it."""
+    from PIL import Image
+    with Image.open(spec.image_path(img_id)) as img:
+        return img.size[1], img.size[0]
 
 
 def evaluate_crf(spec, cam_dir, ids, threshold, names, made_by):
@@ -135,6 +155,8 @@ def results_markdown(results, title):
         ["mIoU", "threshold", "precision", "recall", "F1", "images", "all-background mIoU"],
         [[results["miou"], f"{results['threshold']:.2f}", results["precision"], results["recall"], results["f1"],
           results["num_images"], results["all_background_miou"]]])]
+    if results.get("warnings"):
+        lines += ["\n" + "".join(f"> warning: {w}\n" for w in results["warnings"])]
     if "crf" in results:
         c = results["crf"]
         lines += ["\n## With dense CRF\n", markdown_table(["mIoU", "precision", "recall", "F1"],
@@ -170,6 +192,9 @@ def evaluate_source(args, spec, ids, source):
     cam_dir = source_dir(args, source)
     results = evaluate_cam_dir(args, cam_dir, ids, spec, CAM_SOURCE_STEPS[source], crf=args.eval_crf)
     results["source"] = source
+    results["dataset"] = spec.name
+    results["made_by"] = provenance.describe(cam_dir)
+    results["run"] = provenance.run_info(args)
     base = os.path.join(args.result_dir, f"eval_cam_{source}")
     save_json(base + ".json", results)
     save_text(base + ".md", results_markdown(results, f"Seed evaluation ({source}, {len(ids)} images)"))

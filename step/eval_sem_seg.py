@@ -1,4 +1,5 @@
-"""Step eval_sem_seg: mIoU of the pseudo masks (result/sem_seg) on --eval_list (IRN's eval_sem_seg).
+"""Step eval_sem_seg: mIoU of the pseudo masks on --eval_list (IRN's eval_sem_seg): result/sem_seg (IRN) or
+result/sem_seg_psa (PSA), as --refine chooses.
 
 Predicted 255 counts as background (as IRN); ground-truth void (255) is ignored. Reports per-class IoU, mIoU,
 foreground precision / recall / F1 (paper Table 6) and IRN's background false-positive / false-negative rates
@@ -11,19 +12,23 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from misc.datasets import build_spec
+from misc import provenance
+from misc.datasets import build_spec, load_id_list
 from misc.fileio import DataError, load_label_png, save_json, save_text
 from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
-from voc12.dataloader import load_id_list
 
 log = logging.getLogger(__name__)
 
 
+MADE_BY = {"irn": "make_sem_seg", "psa": "make_psa_sem_seg"}
+
+
 def load_prediction(args, img_id, num_classes):
-    path = os.path.join(args.sem_seg_out_dir, img_id + ".png")
+    path = os.path.join(args.pseudo_mask_dir, img_id + ".png")
     if not os.path.isfile(path):
-        raise DataError(f"pseudo mask {path} of image {img_id} is missing: run --make_sem_seg_pass true on an "
-                        f"--infer_list that contains the --eval_list ids")
+        step = MADE_BY[args.refine]
+        raise DataError(f"pseudo mask {path} of image {img_id} is missing: run the {step} step (--only {step}) "
+                        f"on an --infer_list that contains the --eval_list ids")
     pred = load_label_png(path)
     pred[pred == 255] = 0  # IRN: unsure counts as background
     if pred.max() > num_classes:
@@ -38,7 +43,8 @@ def evaluate(args, ids, spec):
         pred = load_prediction(args, img_id, spec.num_classes)
         gt = spec.load_gt(img_id)
         if gt.shape != pred.shape:
-            raise DataError(f"pseudo mask of {img_id} is {pred.shape} but its ground truth is {gt.shape}")
+            raise DataError(f"pseudo mask {os.path.join(args.pseudo_mask_dir, img_id + '.png')} is "
+                            f"{pred.shape} but the ground truth {spec.gt_path(img_id)} is {gt.shape}")
         confusion.update(gt, pred)
     return summarize(confusion.mat, names, len(ids))
 
@@ -70,12 +76,14 @@ def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.eval_list, "--eval_list")
     results = evaluate(args, ids, spec)
-    results["source"] = args.ir_cam_source
-    base = os.path.join(args.result_dir, "eval_sem_seg")
+    source = args.ir_cam_source if args.refine == "irn" else getattr(args, "psa_cam_source", args.ir_cam_source)
+    results.update({"refine": args.refine, "source": source, "dataset": spec.name,
+                    "made_by": provenance.describe(args.pseudo_mask_dir), "run": provenance.run_info(args)})
+    base = os.path.join(args.result_dir, "eval_sem_seg" if args.refine == "irn" else "eval_sem_seg_psa")
     save_json(base + ".json", results)
-    save_text(base + ".md", results_markdown(results, f"Pseudo-mask evaluation ({args.ir_cam_source}, "
-                                                      f"{len(ids)} images)"))
-    log.info("pseudo-mask mIoU (%s) %.2f; precision %.2f recall %.2f F1 %.2f; bg fp %.2f fn %.2f -> %s.json",
-             args.ir_cam_source, results["miou"] or 0, results["precision"] or 0, results["recall"] or 0,
+    save_text(base + ".md", results_markdown(results, f"Pseudo-mask evaluation ({args.refine.upper()} on "
+                                                      f"{source} seeds, {len(ids)} images)"))
+    log.info("pseudo-mask mIoU (%s on %s) %.2f; precision %.2f recall %.2f F1 %.2f; bg fp %.2f fn %.2f -> %s.json",
+             args.refine, source, results["miou"] or 0, results["precision"] or 0, results["recall"] or 0,
              results["f1"] or 0, results["fp_bg"] or 0, results["fn_bg"] or 0, base)
     return results

@@ -12,13 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc import dist
+from misc import dist, provenance
 from misc.cams import multiscale_cam_maps, resize_and_sum, write_cam_record
-from misc.datasets import build_spec
+from misc.datasets import MultiScaleDataset, build_spec, load_id_list
 from misc.fileio import check_writable_dir
 from misc.torchutils import autocast
 from net.resnet50_cam import load_classifier
-from voc12.dataloader import MultiScaleDataset, load_id_list
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +53,13 @@ def _work(worker_idx, ids, device, args):
 def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
-    spec.check_ids(ids, "--infer_list")
     check_writable_dir(args.cam_out_dir, "--work_dir")
+    provenance.prepare(args, "make_cam", args.cam_out_dir, {"cam_scales": list(args.cam_scales)},
+                       inputs=[("classifier", args.cam_weights_path, "file")])
     todo = pending_ids(ids, args.cam_out_dir)
+    spec.check_ids(todo, "--infer_list")
+    if todo:
+        load_classifier(args.cam_weights_path, spec.num_classes)  # fail now, not in every worker
     log.info("make_cam: %d of %d images to do (%d already done)", len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
     dist.run_sharded(_work, todo, args, dist.local_devices(args.device, 0))

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import dist, imutils, indexing
+from misc import dist, imutils, indexing, provenance
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
-from misc.datasets import build_spec
+from misc.datasets import build_spec, load_id_list
 from misc.fileio import DataError, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb, save_png
+from misc.imutils import scale_pyramid
 from misc.torchutils import autocast, set_cpu_threads, to_device
 from net.resnet50_irn import load_irnet
-from voc12.dataloader import load_id_list, scale_pyramid
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,15 @@ def _work(worker_idx, ids, device, args):
 def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
-    spec.check_ids(ids, "--infer_list", need_labels=False)
     cam_dir = source_dir(args, args.ir_cam_source)
     check_writable_dir(args.sem_seg_out_dir, "--work_dir")
+    provenance.prepare(args, "make_sem_seg", args.sem_seg_out_dir,
+                       {"cam_source": args.ir_cam_source, "beta": args.beta, "exp_times": args.exp_times,
+                        "sem_seg_power": args.sem_seg_power, "sem_seg_bg_thres": args.sem_seg_bg_thres,
+                        "pad_to": args.irn_crop_size},
+                       inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")])
     todo = [i for i in ids if not is_done(args, i)]
+    spec.check_ids(todo, "--infer_list", need_labels=False)
     if todo:
         check_cam_files(cam_dir, todo, args.ir_cam_source)
         load_checkpoint(args.irn_weights_path, "IRNet checkpoint", made_by="train_irn")  # fail before spawning

@@ -28,15 +28,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from misc import dist, runlog
+from misc import dist, provenance, runlog
 from misc.cams import resize_and_sum, write_cam_record
-from misc.datasets import build_spec
+from misc.datasets import build_spec, load_id_list
 from misc.fileio import DataError, check_writable_dir, load_image_rgb, save_cam_npz
-from misc.imutils import strided_size
+from misc.imutils import classification_augment, scale_pyramid, strided_size
 from misc.rib_losses import finetune_loss, gap_pool, gndrp_pool
 from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, set_cpu_threads, to_device
 from net.resnet50_cam import flip_merged_cam, load_classifier
-from voc12.dataloader import classification_augment, load_id_list, scale_pyramid
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +177,11 @@ class RIBStream(IterableDataset):
         self.spec = spec
         self.ids = list(ids)
         self.pool = pool
-        self.forward_scales = RIBConfig.from_args(args).forward_scales
-        self.iters = args.rib_iter
+        cfg = RIBConfig.from_args(args)
+        self.forward_scales = cfg.forward_scales
+        # other-image batches per image: one per update whose model adds a CAM (the benchmark's previous
+        # behaviour, early_checks off, also made the last update)
+        self.iters = cfg.last_cam_index if getattr(args, "_rib_early_checks", True) else cfg.iters
         self.count = args.rib_batch
         self.crop = args.rib_crop_size
         self.resize_long = tuple(int(v) for v in args.cam_resize_long)  # classifier-training augmentation
@@ -264,21 +266,28 @@ def explosion_flag(cam, keys, th, ratio):
 
 
 def rib_finetune_image(model, target, next_others, cfg, device, forward=None, amp=False, channels_last=False,
-                       on_term=None):
+                       on_term=None, early_checks=True):
     """Fine-tune `model` (already reset to theta_0) on one target and return the summed CAMs.
 
     target: {'img': [(2, 3, h, w) per cfg.forward_scales], 'label': (C,)}; next_others(k): the other images of
     step k, {'img': (n, 3, crop, crop), 'label': (n, C)}. on_term(k, sums) is called each time the CAM of theta_k
     has been added (for --rib_save_iters).
 
-    Step k: forward the target at every scale (with gradient at the loss scales), take the CAM of theta_k from
-    those same maps, forward the other images, backward, then ONE host sync for the early stops, then update.
+    Step k: forward the target at scale 1.0 first; at k >= 1 ONE host sync then decides both early stops (below),
+    as the official code tests right after that forward, so a stopped step costs one forward and nothing else.
+    Then the other scales (with gradient at the loss scales; the CAM of theta_k comes from these same maps), the
+    other images, backward and the update. Only updates whose model adds a later CAM are made: with the official
+    aggregation (k = 0..K-1) the last step's loss, backward and update are skipped (the official code computes
+    them and throws them away), the CAMs being identical.
     Early stops (docs/rib.md):
-      * explosion (k >= 1): the CAM of theta_k covers too much of the image. The step is not applied and theta_k
-        adds no CAM ('paper' aggregation) -- or, with --rib_aggregate official, only its scale-1.0 CAM, as the
-        official code which tests after adding scale 1.0 and before the other scales;
+      * explosion (k >= 1): the CAM of theta_k covers too much of the image. theta_k adds no CAM ('paper'
+        aggregation) -- or, with --rib_aggregate official, only its scale-1.0 CAM, as the official code which
+        tests after adding scale 1.0 and before the other scales;
       * margin (--rib_margin_mode official): after the update of step k, if the target's summed true-class logit
-        of step k exceeded m. theta_{k+1} never adds a CAM (also not as the paper's final model).
+        of step k exceeded m. theta_{k+1} never adds a CAM (also not as the paper's final model). The flag of
+        step k is read at the sync of step k + 1.
+    early_checks=False runs every step in full before testing (the previous behaviour; kept for
+    scripts/bench_rib.py to measure the difference; the outputs are the same).
     """
     forward = forward or model.class_maps
     label = target["label"].to(device=device, dtype=torch.float32)
@@ -286,9 +295,12 @@ def rib_finetune_image(model, target, next_others, cfg, device, forward=None, am
     pairs = [to_device(p, device, channels_last) for p in target["img"]]
     scales = cfg.forward_scales
     cam_at = [scales.index(s) for s in cfg.cam_scales]
-    loss_at = {scales.index(s) for s in cfg.loss_scales}
+    loss_at = [scales.index(s) for s in cfg.loss_scales if s in scales]
     one_at = scales.index(1.0) if 1.0 in scales else None
+    # scale 1.0 first (the explosion test needs it); the logits still enter the loss in the order of the scales
+    order = ([one_at] if one_at is not None else []) + [i for i in range(len(scales)) if i != one_at]
     pair_labels = label.expand(2, -1)
+    official_margin = cfg.margin_mode == "official" and cfg.loss == "rib"
 
     backbone, head = model.trainable_parameter_groups()
     optimizer = PolyOptimizer(poly_param_groups(backbone, head, cfg.lr, cfg.weight_decay), cfg.lr,
@@ -297,29 +309,49 @@ def rib_finetune_image(model, target, next_others, cfg, device, forward=None, am
     terms = [0] * len(cam_at)
     updates = batches = 0
     stop = "completed"
+    margin_flag = None  # 0-dim bool tensor of the last update, read at the next sync
 
     def add(merged, which):
         for n in which:
             sums[n] = merged[cam_at[n]] if sums[n] is None else sums[n] + merged[cam_at[n]]
             terms[n] += 1
 
+    def read_flags(*flags):
+        """The one host sync of a step: the given 0-dim bool tensors (None stays False)."""
+        present = [f for f in flags if f is not None]
+        values = iter(torch.stack(present).tolist() if present else [])
+        return [bool(next(values)) if f is not None else False for f in flags]
+
+    # early_checks=False (the previous behaviour, for the benchmark) also made the last, unused update
+    last_update = cfg.last_cam_index if early_checks else cfg.iters
     for k in range(cfg.last_cam_index + 1):
-        train = k < cfg.iters  # k == K (paper aggregation): the final model's CAM only
-        merged, target_logits = [None] * len(scales), []
-        for i, x in enumerate(pairs):
-            if not train and i not in cam_at and i != one_at:
-                continue  # a loss-only scale adds nothing to the final model's CAM
-            grad = train and i in loss_at
+        update = k < last_update  # this step's update matters only if a later model adds a CAM
+        merged, logits_at = [None] * len(scales), {}
+        explosion = None
+        first = True
+        for i in order:
+            if not update and i not in cam_at and i != one_at:
+                continue  # a loss-only scale adds nothing to the last model's CAM
+            grad = update and i in loss_at
             with torch.set_grad_enabled(grad), autocast(device, amp):
-                maps = forward(x)
+                maps = forward(pairs[i])
             maps = maps.float()
             merged[i] = flip_merged_cam(maps.detach())
             if grad:
-                target_logits.append(pool_logits(maps, pair_labels, cfg))
-        checks = []
-        if cfg.explode_stop and k >= 1:
-            checks.append(explosion_flag(merged[one_at], keys, cfg.explode_th, cfg.explode_ratio))
-        if train:
+                logits_at[i] = pool_logits(maps, pair_labels, cfg)
+            if first and cfg.explode_stop and k >= 1:
+                explosion = explosion_flag(merged[one_at], keys, cfg.explode_th, cfg.explode_ratio)
+            if first and early_checks and (margin_flag is not None or explosion is not None):
+                over_margin, exploded = read_flags(margin_flag, explosion)
+                margin_flag = explosion = None
+                if over_margin or exploded:
+                    stop = "margin" if over_margin else "explosion"
+                    break
+            first = False
+        if stop == "margin":
+            break
+        if update and stop == "completed":
+            target_logits = [logits_at[i] for i in loss_at]
             logits, labels = list(target_logits), [pair_labels] * len(target_logits)
             others = next_others(k)
             batches += 1
@@ -333,28 +365,30 @@ def rib_finetune_image(model, target, next_others, cfg, device, forward=None, am
             loss = finetune_loss(torch.cat(logits), torch.cat(labels), cfg.loss, cfg.margin, cfg.margin_mode)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.margin_mode == "official" and cfg.loss == "rib":
-                target_sum = (torch.cat(target_logits).detach() * label).sum()
-                checks.append(target_sum.abs() > cfg.margin)
-        # the only host sync of the step: both early-stop conditions at once
-        flags = torch.stack(checks).tolist() if checks else []
-        exploded = bool(flags[0]) if cfg.explode_stop and k >= 1 else False
-        over_margin = bool(flags[-1]) if train and cfg.margin_mode == "official" and cfg.loss == "rib" else False
-        if exploded:
+            if official_margin:
+                margin_flag = (torch.cat(target_logits).detach() * label).sum().abs() > cfg.margin
+        late_margin = False
+        if not early_checks and (explosion is not None or margin_flag is not None):
+            late_margin, exploded = read_flags(margin_flag, explosion)
+            margin_flag = None
+            if exploded:
+                stop = "explosion"
+        if stop == "explosion":
             if cfg.aggregate == "official" and 1.0 in cfg.cam_scales:
                 add(merged, [cfg.cam_scales.index(1.0)])
-            stop = "explosion"
             break
         add(merged, range(len(cam_at)))
         if on_term is not None:
             on_term(k, sums)
-        if not train:
+        if not update:
             break
         optimizer.step()
         updates += 1
-        if over_margin:
+        if late_margin:
             stop = "margin"
             break
+    if stop == "completed" and margin_flag is not None and read_flags(margin_flag)[0]:
+        stop = "margin"  # the last update went over the margin: no later CAM was due anyway
     return RIBImageResult(sums, terms, updates, batches, stop)
 
 
@@ -437,6 +471,8 @@ def _rib_images(worker_idx, ids, device, args, cuda):
     for j, img_id in enumerate(ids):
         try:
             stop = _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device, channels_last)
+        except DataError:
+            raise  # names its file (the loader may be ahead of img_id)
         except Exception as e:
             raise RuntimeError(f"RIB failed on image {img_id}: {type(e).__name__}: {e}") from e
         stops[stop] += 1
@@ -475,11 +511,12 @@ def _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device
         written.add(k)
 
     result = rib_finetune_image(model, target, lambda k: _next_item(items, "others", j, k), cfg, device,
-                                forward, args.amp, channels_last, save_term if args.rib_save_iters else None)
+                                forward, args.amp, channels_last, save_term if args.rib_save_iters else None,
+                                early_checks=getattr(args, "_rib_early_checks", True))
     # drain the other-image batches an early stop left unused (workers skip loading them)
-    if result.batches < cfg.iters:
+    if result.batches < stream.iters:
         stream.skip_below.value = j + 1
-        for k in range(result.batches, cfg.iters):
+        for k in range(result.batches, stream.iters):
             _next_item(items, "others", j, k)
     strided, high_res = resize_and_sum(result.sums, size)
     if args.rib_save_iters:  # after an early stop every later k holds the final map (a longer run stops too)
@@ -493,25 +530,35 @@ def _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device
     return result.stop
 
 
+def settings(args):
+    """The values that decide RIB's maps (a rerun with other values stops; misc/provenance.py)."""
+    return {**RIBConfig.from_args(args).__dict__, "other_images": args.rib_batch, "crop_size": args.rib_crop_size,
+            "disjoint_prob": args.rib_disjoint_prob, "resize_long": list(args.cam_resize_long), "seed": args.seed,
+            "train_list": provenance.file_digest(args.train_list)}
+
+
 def run(args):
     cfg = RIBConfig.from_args(args)
     cfg.check()
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
-    spec.check_ids(ids, "--infer_list", need_labels=False)  # unlabelled targets get an all-background record
     pool_ids = load_id_list(args.train_list, "--train_list")
+    check_writable_dir(args.rib_out_dir, "--work_dir")
+    provenance.prepare(args, "rib", args.rib_out_dir, settings(args),
+                       inputs=[("classifier", args.cam_weights_path, "file")],
+                       extra_outputs=[(args.rib_out_dir.rstrip("/\\") + "_iters", "dir")])
+    todo = pending_ids(args, ids)
+    log.info("rib: %d of %d images to do (%d already done); K=%d, lr %g, %d other images per step, %s pooling "
+             "(%s norm), %s margin %g, %s aggregation", len(todo), len(ids), len(ids) - len(todo), cfg.iters,
+             cfg.lr, args.rib_batch, cfg.pooling, cfg.gndrp_norm, cfg.margin_mode, cfg.margin, cfg.aggregate)
+    if not todo:
+        return
+    spec.check_ids(todo, "--infer_list", need_labels=False)  # unlabelled targets get an all-background record
     spec.check_ids(pool_ids, "--train_list", need_labels=True)
     if args.rib_batch > 0 and len(set(pool_ids)) < 2:
         raise DataError(f"--train_list {args.train_list} must hold at least two images to draw other images "
                         f"from (--rib_batch {args.rib_batch})")
     load_classifier(args.cam_weights_path, spec.num_classes)  # fail now, not in every worker
-    check_writable_dir(args.rib_out_dir, "--work_dir")
-    todo = pending_ids(args, ids)
-    log.info("rib: %d of %d images to do (%d already done); K=%d, lr %g, %d other images per step, %s pooling, "
-             "%s margin %g, %s aggregation", len(todo), len(ids), len(ids) - len(todo), cfg.iters, cfg.lr,
-             args.rib_batch, cfg.pooling, cfg.margin_mode, cfg.margin, cfg.aggregate)
-    if not todo:
-        return
     devices = dist.local_devices(args.device, args.rib_workers)[:len(todo)]
     args.rib_num_local_workers = len(devices)
     start = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Sigmoid BCE (multilabel soft margin) on GAP logits; 5 epochs, batch 16, lr 0.1 (10x on the classifier), wd 1e-4,
 poly 0.9; stem, layer1 and layer2 stay frozen. Single process, or DDP under torchrun (never DataParallel).
-Writes sess/res50_cam.pth atomically; an existing checkpoint is kept (delete it to retrain).
+Writes sess/res50_cam.pth atomically, then checks it: logits of a few training images must be finite and bounded,
+else the step stops naming the flags to change (a diverged classifier would only fail later, in RIB). An existing
+checkpoint made with the same settings is kept; --overwrite train_cam retrains.
 """
 import logging
 import math
@@ -14,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import dist
-from misc.datasets import build_spec
-from misc.fileio import save_checkpoint
+from misc import dist, provenance
+from misc.datasets import ClassificationDataset, build_spec, load_id_list
+from misc.fileio import DataError, save_checkpoint
+from misc.imutils import classification_augment
 from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, seed_everything, to_device
 from net.resnet50 import calibrate_batchnorm
-from net.resnet50_cam import Net
-from voc12.dataloader import ClassificationDataset, classification_augment, load_id_list
+from net.resnet50_cam import Net, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,51 @@ def build_model(args, spec, ids):
     return model
 
 
+# A trained classifier's logits on training images stay within tens (hundreds at most); a diverged one reaches
+# 1e20 and more. Anything above this bound is not a classifier RIB can fine-tune.
+MAX_LOGIT = 1e4
+
+
+def settings(args, spec):
+    """The values that decide the checkpoint (a rerun with other values stops; misc/provenance.py)."""
+    return {"classes": list(spec.class_names), "train_list": provenance.file_digest(args.train_list),
+            "backbone_weights": args.backbone_weights, "epochs": args.cam_num_epoches,
+            "batch_size": args.cam_batch_size, "crop_size": args.cam_crop_size,
+            "resize_long": list(args.cam_resize_long), "learning_rate": args.cam_learning_rate,
+            "weight_decay": args.cam_weight_decay, "official_momentum_bug": args.official_momentum_bug,
+            "momentum": None if args.official_momentum_bug else args.momentum, "seed": args.seed}
+
+
+@torch.no_grad()
+def check_classifier(path, spec, ids, args, device):
+    """Largest |logit| and |class map| of the saved classifier on a few training images (their augmentation at
+    the training crop); a DataError naming the flags to change when they are not finite or above MAX_LOGIT."""
+    model = load_classifier(path, spec.num_classes, device)
+    batches = calibration_batches(spec, ids, args.cam_crop_size, resize_long_range(args), args.seed,
+                                  num_images=8)
+    worst_logit = worst_map = 0.0
+    for x in batches:
+        x = x.to(device)
+        worst_logit = max(worst_logit, model(x).abs().max().item())
+        worst_map = max(worst_map, model.class_maps(x).abs().max().item())
+    if not (math.isfinite(worst_logit) and math.isfinite(worst_map)) or worst_logit > MAX_LOGIT:
+        os.replace(path, path + ".diverged")
+        raise DataError(f"train_cam: the classifier diverged (logits up to {worst_logit:.3g}, class maps up to "
+                        f"{worst_map:.3g} on training images; moved to {path}.diverged). Lower "
+                        f"--cam_learning_rate (now {args.cam_learning_rate}) or raise --cam_batch_size (now "
+                        f"{args.cam_batch_size}) or --cam_crop_size, then rerun")
+    return worst_logit
+
+
 def run(args):
-    if os.path.isfile(args.cam_weights_path):
-        log.info("%s exists: keeping it (delete it to retrain)", args.cam_weights_path)
-        return
     spec = build_spec(args)
     ids = load_id_list(args.train_list, "--train_list")
+    provenance.prepare(args, "train_cam", args.cam_weights_path, settings(args, spec), kind="file")
+    if os.path.isfile(args.cam_weights_path):
+        load_classifier(args.cam_weights_path, spec.num_classes)  # a broken file is reported now, not later
+        log.info("%s exists with the same settings: keeping it (--overwrite train_cam retrains)",
+                 args.cam_weights_path)
+        return
     spec.check_ids(ids, "--train_list")
     seed_everything(args.seed)
     rank, world, device = dist.init_distributed(args.device)
@@ -94,12 +135,16 @@ def run(args):
             loss_sum += loss.detach()  # summed on device: no host sync per step
         mean_loss = (loss_sum / max(len(loader), 1)).item()  # one host sync per epoch
         if not math.isfinite(mean_loss):
-            raise RuntimeError(f"classifier training diverged in epoch {epoch + 1} (loss {mean_loss}); lower "
-                               f"--cam_learning_rate or raise --cam_batch_size. No checkpoint was written.")
+            raise DataError(f"train_cam: classifier training diverged in epoch {epoch + 1} (loss {mean_loss}); "
+                            f"lower --cam_learning_rate (now {args.cam_learning_rate}) or raise --cam_batch_size "
+                            f"(now {args.cam_batch_size}). No checkpoint was written")
         if rank == 0:
             log.info("epoch %d: mean loss %.4f, lr %.2e", epoch + 1, mean_loss, optimizer.param_groups[0]["lr"])
     if rank == 0:
         save_checkpoint(args.cam_weights_path, {k: v.cpu() for k, v in model.state_dict().items()},
                         num_classes=spec.num_classes, class_names=list(spec.class_names))
         log.info("saved %s (%.1f s)", args.cam_weights_path, time.perf_counter() - start)
+        if args.check_classifier:
+            worst = check_classifier(args.cam_weights_path, spec, ids, args, device)
+            log.info("classifier check: largest |logit| on 8 training images %.3g (bound %g)", worst, MAX_LOGIT)
     dist.barrier()

@@ -18,13 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc import dist, imutils, indexing
-from misc.datasets import build_spec
+from misc import dist, imutils, indexing, provenance
+from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
 from misc.fileio import DataError, load_label_png, save_checkpoint
 from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
 from net.resnet50 import calibrate_batchnorm
-from net.resnet50_irn import AffinityDisplacementLoss, IRNet
-from voc12.dataloader import ImageDataset, load_id_list, numpy_rng_from_torch
+from net.resnet50_irn import AffinityDisplacementLoss, IRNet, load_irnet
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class AffinityDataset(ImageDataset):
     def load_ir_label(self, img_id, size):
         path = os.path.join(self.label_dir, img_id + ".png")
         if not os.path.isfile(path):
-            raise DataError(f"IR label {path} of image {img_id} is missing: run --cam_to_ir_label_pass true first")
+            raise DataError(f"IR label {path} of image {img_id} is missing: run the cam_to_ir_label step first (--only cam_to_ir_label)")
         label = load_label_png(path)
         if label.shape != tuple(size):
             raise DataError(f"IR label {path} is {label.shape} but image {img_id} is {tuple(size)}; delete "
@@ -135,17 +134,30 @@ def mean_displacement(model, spec, ids, args, device, rank, world, channels_last
     return (total / count.clamp(min=1)).float()
 
 
+def settings(args):
+    """The values that decide the IRNet checkpoint (misc/provenance.py)."""
+    return {"infer_list": provenance.file_digest(args.infer_list), "backbone_weights": args.backbone_weights,
+            "crop_size": args.irn_crop_size, "batch_size": args.irn_batch_size, "epochs": args.irn_num_epoches,
+            "learning_rate": args.irn_learning_rate, "weight_decay": args.irn_weight_decay,
+            "official_momentum_bug": args.official_momentum_bug,
+            "momentum": None if args.official_momentum_bug else args.momentum, "seed": args.seed}
+
+
 def run(args):
-    if os.path.isfile(args.irn_weights_path):
-        log.info("%s exists: keeping it (delete it to retrain)", args.irn_weights_path)
-        return
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
+    provenance.prepare(args, "train_irn", args.irn_weights_path, settings(args),
+                       inputs=[("ir_labels", args.ir_label_out_dir, "dir")], kind="file")
+    if os.path.isfile(args.irn_weights_path):
+        load_irnet(args.irn_weights_path)  # a broken file is reported now, not later
+        log.info("%s exists with the same settings: keeping it (--overwrite train_irn retrains)",
+                 args.irn_weights_path)
+        return
     spec.check_ids(ids, "--infer_list", need_labels=False)
     missing = [i for i in ids if not os.path.isfile(os.path.join(args.ir_label_out_dir, i + ".png"))]
     if missing:
         raise DataError(f"{len(missing)} IR label(s) are missing in {args.ir_label_out_dir}, e.g. for image "
-                        f"{missing[0]}: run --cam_to_ir_label_pass true first")
+                        f"{missing[0]}: run the cam_to_ir_label step first (--only cam_to_ir_label)")
     seed_everything(args.seed)
     rank, world, device = dist.init_distributed(args.device)
     on_cuda = str(device).startswith("cuda")

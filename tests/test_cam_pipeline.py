@@ -31,7 +31,7 @@ def tiny_run(voc_root, tmp_path_factory):
                      cam_num_epoches=1, cam_batch_size=2, cam_crop_size=64, cam_scales=(1.0, 0.5),
                      # batch 2 from random init diverges at the paper's lr 0.1 (1.0 on the classifier)
                      cam_learning_rate=0.01,
-                     train_cam_pass="true", make_cam_pass="true", eval_cam_pass="true", save_cam_png=2)
+                     only="train_cam,make_cam,eval_cam", eval_cam_source="cam", save_cam_png=2)
     run_sample.run_steps(args)
     return args, ids
 
@@ -39,7 +39,7 @@ def tiny_run(voc_root, tmp_path_factory):
 def test_outputs_written(tiny_run):
     args, ids = tiny_run
     assert os.path.isfile(args.cam_weights_path)
-    assert sorted(os.listdir(args.cam_out_dir)) == sorted(i + ".npz" for i in ids)
+    assert sorted(os.listdir(args.cam_out_dir)) == sorted([i + ".npz" for i in ids] + ["settings.json"])
     results = json.load(open(os.path.join(args.result_dir, "eval_cam_cam.json")))
     for key in ("miou", "threshold", "sweep", "per_class_iou", "precision", "recall", "f1", "num_images"):
         assert key in results
@@ -165,7 +165,7 @@ def test_class_count_mismatch_and_bad_checkpoint(tiny_run, tmp_path):
     with pytest.raises(DataError, match="not a valid classifier checkpoint"):
         make_cam.run(bad_args)
     os.remove(bad_args.cam_weights_path)
-    with pytest.raises(DataError, match="does not exist.*--train_cam_pass true"):
+    with pytest.raises(DataError, match="does not exist.*--only train_cam"):
         make_cam.run(bad_args)
 
 
@@ -181,11 +181,11 @@ def test_missing_cam_file_names_the_step(tiny_run, tmp_path):
 def test_unwritable_work_dir_and_empty_list(tmp_path, voc_root):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    args = make_args(blocker / "work", voc12_root=voc_root, make_cam_pass="true")
+    args = make_args(blocker / "work", voc12_root=voc_root, only="make_cam")
     with pytest.raises(DataError, match="cannot write.*--work_dir"):
         run_sample.run_steps(args)
     empty = write_list(tmp_path / "empty.txt", [])
-    args = make_args(tmp_path / "w", voc12_root=voc_root, infer_list=empty, make_cam_pass="true")
+    args = make_args(tmp_path / "w", voc12_root=voc_root, infer_list=empty, only="make_cam")
     with pytest.raises(DataError, match="empty"):
         run_sample.run_steps(args)
 
@@ -196,10 +196,12 @@ def test_cli_help_shows_paper_defaults_and_errors_cleanly(tmp_path):
     text = " ".join(out.stdout.split())
     for expected in ("--rib_iter RIB_ITER K, fine-tuning iterations per image (default: 10)",
                      "(default: 8e-06)", "tau of GNDRP (default: 0.4)", "margin m of L_RIB (default: 600.0)",
-                     "--cam_batch_size CAM_BATCH_SIZE (default: 16)", "--train_cam_pass TRAIN_CAM_PASS"):
+                     "--cam_batch_size CAM_BATCH_SIZE classifier training batch (default: 16)",
+                     "--train_cam_pass TRAIN_CAM_PASS", "(default: 1.0,0.5,1.5,2.0)",
+                     "--rib_equations {official,paper}", "--only ONLY"):
         assert expected in text, expected
     out = subprocess.run([sys.executable, "run_sample.py", "--voc12_root", str(tmp_path / "nowhere"),
-                          "--work_dir", str(tmp_path / "w"), "--device", "cpu", "--make_cam_pass", "true"],
+                          "--work_dir", str(tmp_path / "w"), "--device", "cpu", "--only", "make_cam"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0
     assert "error:" in out.stderr and "--voc12_root" in out.stderr and "Traceback" not in out.stderr
@@ -244,7 +246,7 @@ def test_eval_crf_reports_refined_seeds(tiny_run):
     args, ids = tiny_run
     from step import eval_cam
     args_crf = make_args(args.work_dir, voc12_root=args.voc12_root, eval_list=args.eval_list, eval_crf="true",
-                         cam_eval_thres=0.3, save_cam_png=0)
+                         cam_eval_thres=0.3, save_cam_png=0, eval_cam_source="cam")
     results = eval_cam.run(args_crf)["cam"]
     assert results["threshold"] == 0.3 and list(results["sweep"]) == ["0.30"]
     crf = results["crf"]

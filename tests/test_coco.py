@@ -15,7 +15,8 @@ from coco14.make_cls_labels import labels_from_instances
 from misc.fileio import load_cam_npz, load_label_png, save_png
 from misc.imutils import color_palette
 from misc.rib_losses import gndrp_pool
-from voc12 import dataloader as voc
+from misc.datasets import load_id_list, save_label_table
+from voc12 import synthetic
 from voc12.synthetic import make_dataset
 
 # synthetic VOC classes -> COCO classes with an index >= 20
@@ -46,10 +47,10 @@ def test_labels_from_instances():
 
 def make_coco_copy(src_root, dst_root, label_file):
     """The synthetic VOC-format set re-laid out as COCO: 12-digit ids, coco_seg_anno masks, 80-class labels."""
-    ids = voc.load_id_list(os.path.join(src_root, "ImageSets", "train.txt"))
+    ids = load_id_list(os.path.join(src_root, "ImageSets", "train.txt"))
     remap = np.arange(256)
     for v, c in TO_COCO.items():
-        remap[voc.CLASS_NAMES.index(v) + 1] = coco.CLASS_NAMES.index(c) + 1
+        remap[synthetic.CLASS_NAMES.index(v) + 1] = coco.CLASS_NAMES.index(c) + 1
     new_ids, table = [], {}
     for n, img_id in enumerate(ids):
         new_id = f"{n:012d}"
@@ -63,7 +64,7 @@ def make_coco_copy(src_root, dst_root, label_file):
         label[present - 1] = 1
         table[new_id] = label
         new_ids.append(new_id)
-    voc.save_label_table(label_file, table)
+    save_label_table(label_file, table)
     lst = os.path.join(dst_root, "train14.txt")
     open(lst, "w").write("\n".join(new_ids) + "\n")
     return lst
@@ -77,8 +78,7 @@ def test_coco_pipeline_end_to_end(tmp_path):
                      train_list=lst, infer_list=lst, eval_list=lst, cam_num_epoches=1, cam_batch_size=4,
                      cam_crop_size=64, cam_resize_long=(64, 80), cam_learning_rate=0.01, cam_scales=(1.0,),
                      rib_iter=1, rib_batch=1, rib_crop_size=64, rib_loader_workers=0, rib_loss_scales=(1.0,),
-                     eval_cam_source="both", save_cam_png=0, train_cam_pass="true", make_cam_pass="true",
-                     rib_pass="true", eval_cam_pass="true")
+                     eval_cam_source="both", save_cam_png=0, only="train_cam,make_cam,rib,eval_cam")
     assert args.rib_learning_rate == 5e-6 and args.rib_score_th == 0.5  # the COCO preset
     run_sample.run_steps(args)
     ckpt = torch.load(args.cam_weights_path, weights_only=True)

@@ -239,8 +239,7 @@ def tiny_run(tmp_path_factory, voc_root):
     id_list = write_list(work / "ids.txt", ids)
     args = make_args(work / "w", voc12_root=voc_root, infer_list=id_list, eval_list=id_list,
                      ir_cam_source="rib", irn_crop_size=64, irn_batch_size=2, irn_num_epoches=1,
-                     cam_to_ir_label_pass="true", train_irn_pass="true", make_sem_seg_pass="true",
-                     eval_sem_seg_pass="true")
+                     only="cam_to_ir_label,train_irn,make_sem_seg,eval_sem_seg")
     write_gt_cams(args.rib_out_dir, voc_root, ids)
     run_sample.run_steps(args)
     return args, ids

@@ -106,7 +106,7 @@ def base_run(tiny, tmp_path_factory):
     import run_sample
     work = tmp_path_factory.mktemp("base_run")
     args = rib_args(tiny, work, tiny.ids[:2] + [NOLABEL], rib_loader_workers=2, rib_save_iters="true")
-    argv = ["--work_dir", str(work), "--device", "cpu", "--backbone_weights", "none", "--rib_pass", "true",
+    argv = ["--work_dir", str(work), "--device", "cpu", "--backbone_weights", "none", "--only", "rib",
             "--voc12_root", tiny.root, "--train_list", tiny.train_list, "--infer_list", args.infer_list,
             "--rib_loader_workers", "2", "--rib_save_iters", "true"]
     for k, v in FAST.items():
@@ -180,17 +180,18 @@ def test_only_layer3_layer4_and_classifier_change(one_image):
 
 def test_aggregation_and_early_stops_count_terms(one_image):
     # scales (1.0, 0.5); K = 2
-    paper = one_image.run()
+    paper = one_image.run(aggregate="paper")
     assert (paper.terms, paper.updates, paper.batches, paper.stop) == ([3, 3], 2, 2, "completed")
+    # official: theta_0 and theta_1 add CAMs; the update of step 1 (whose model adds nothing) is not made
     official = one_image.run(aggregate="official")
-    assert (official.terms, official.updates) == ([2, 2], 2)
+    assert (official.terms, official.updates, official.batches) == ([2, 2], 1, 1)
     # official margin with a tiny m: stop after the first update; theta_1 never adds a CAM, in both modes
     for mode in ("paper", "official"):
         margin = one_image.run(margin_mode="official", margin=1e-6, aggregate=mode)
         assert (margin.terms, margin.updates, margin.stop) == ([1, 1], 1, "margin")
-    # explosion with ratio 0 stops at k = 1 before the update of step 1
-    fixed = one_image.run(explode_stop=True, explode_ratio=0.0)
-    assert (fixed.terms, fixed.updates, fixed.batches, fixed.stop) == ([1, 1], 1, 2, "explosion")
+    # explosion with ratio 0 stops at k = 1 right after the scale-1.0 forward: no other scale, no other images
+    fixed = one_image.run(explode_stop=True, explode_ratio=0.0, aggregate="paper")
+    assert (fixed.terms, fixed.updates, fixed.batches, fixed.stop) == ([1, 1], 1, 1, "explosion")
     # official accounting: the scale-1.0 CAM of theta_1 was already added, the other scales' were not
     off = one_image.run(explode_stop=True, explode_ratio=0.0, aggregate="official")
     assert (off.terms, off.updates, off.stop) == ([2, 1], 1, "explosion")
@@ -221,9 +222,10 @@ def test_output_format_and_background_record(tiny, base_run):
 
 def test_save_iters_and_k0_equals_make_cam(tiny, base_run, tmp_path):
     a = tiny.ids[0]
-    k = [load_cam_npz(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, j), a)) for j in range(3)]
-    assert_same_record(k[2], cam_file(base_run, a))  # paper aggregation: k = 0..K
-    assert not np.array_equal(k[0]["high_res"], k[2]["high_res"])
+    k = [load_cam_npz(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, j), a)) for j in range(2)]
+    assert_same_record(k[1], cam_file(base_run, a))  # official aggregation (the default): k = 0..K-1
+    assert not os.path.exists(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, 2), a))
+    assert not np.array_equal(k[0]["high_res"], k[1]["high_res"])
     # k00 is the CAM of theta_0 alone: exactly the plain CAM of make_cam (same format, same numbers)
     import step.make_cam as make_cam
     args = rib_args(tiny, tmp_path, [a], num_workers=0)
@@ -235,7 +237,7 @@ def test_eval_rib_iters_script(tiny, base_run):
     import eval_rib_iters
     base_run.cam_eval_thres = None
     rows = eval_rib_iters.evaluate_iterations(base_run, tiny.ids[:2])
-    assert [r["k"] for r in rows] == [0, 1, 2]
+    assert [r["k"] for r in rows] == [0, 1]
     assert all(0 <= r["miou"] <= 100 for r in rows)
 
 
@@ -274,8 +276,11 @@ def test_early_stop_inside_a_run_drains_the_stream(tiny, tmp_path, caplog):
     assert "3 explosion" in caplog.text
     for img_id in tiny.ids[:3]:
         final = cam_file(args, img_id)
-        # stopped at k = 1: k01..k03 hold the final map (theta_0 only), like k00
-        for k in range(4):
+        # stopped at k = 1; official aggregation: theta_1's scale-1.0 CAM was added before the test, so k00 is
+        # theta_0 alone and k01, k02 hold the final map
+        k00 = load_cam_npz(rib.rib_path(rib.iters_dir(args.rib_out_dir, 0), img_id))
+        assert not np.array_equal(k00["high_res"], final["high_res"])
+        for k in (1, 2):
             assert_same_record(load_cam_npz(rib.rib_path(rib.iters_dir(args.rib_out_dir, k), img_id)), final)
 
 
@@ -284,7 +289,7 @@ def test_early_stop_inside_a_run_drains_the_stream(tiny, tmp_path, caplog):
 
 def test_missing_classifier_names_file_and_fix(tiny, tmp_path):
     args = rib_args(tiny, tmp_path, tiny.ids[:1], with_checkpoint=False)
-    with pytest.raises(DataError, match=r"res50_cam\.pth.*--train_cam_pass true"):
+    with pytest.raises(DataError, match=r"res50_cam\.pth.*--only train_cam"):
         rib.run(args)
 
 
@@ -296,11 +301,11 @@ def test_wrong_class_count_checkpoint(tiny, tmp_path):
     assert not os.path.exists(rib.rib_path(args.rib_out_dir, tiny.ids[0]))
 
 
-def test_failure_names_the_image(tiny, tmp_path):
+def test_corrupt_image_stops_before_any_work_naming_the_file(tiny, tmp_path):
     args = rib_args(tiny, tmp_path, [tiny.ids[0], CORRUPT])
-    with pytest.raises(RuntimeError, match=f"RIB failed on image {CORRUPT}.*corrupt"):
+    with pytest.raises(DataError, match=f"{CORRUPT}.jpg.*replace the file"):
         rib.run(args)
-    assert os.path.isfile(rib.rib_path(args.rib_out_dir, tiny.ids[0]))  # the images before it are kept
+    assert not os.path.exists(rib.rib_path(args.rib_out_dir, tiny.ids[0]))  # checked up front
 
 
 def test_bad_flags(tiny, tmp_path):

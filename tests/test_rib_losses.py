@@ -9,7 +9,8 @@ from misc.rib_losses import (bce_activation_loss, finetune_loss, gap_pool, gndrp
 
 # One image, three classes, 3x3 maps.
 #   class 0 (in the label): 1..8 and a peak of 10. Normalised by the max: 0.1 .. 0.8 and 1.0.
-#   class 1 (in the label): every value <= 0, so the max-normalisation is undefined (guarded: plain GAP).
+#   class 1 (in the label): every value <= 0, so the max-normalisation is undefined (paper: guarded, plain GAP;
+#   official: divided by the max of 0, see the test below).
 #   class 2 (not in the label): plain GAP whatever tau.
 MAPS = torch.tensor([[[[1., 2., 3.], [4., 5., 6.], [7., 8., 10.]],
                       [[-1., -2., -3.], [-4., 0., -6.], [-7., -8., -9.]],
@@ -31,6 +32,22 @@ def test_gndrp_official_norm_by_hand():
     assert out[0, 0].item() == pytest.approx((1 + 2 + 3) / 9)
     assert out[0, 1].item() == pytest.approx(-40 / 9)
     assert out[0, 2].item() == pytest.approx(1.0)
+
+
+def test_gndrp_official_norm_true_class_with_non_positive_max_leaves_the_loss():
+    # official gndp2d divides by the max even when it is negative: x / max >= 1 > tau everywhere, so every
+    # location is dropped, the logit is 0 and no gradient flows; the paper norm keeps the documented GAP guard.
+    negative = torch.tensor([[[[-1., -2.], [-3., -6.]]]], requires_grad=True)
+    label = torch.tensor([[1.]])
+    out = gndrp_pool(negative, label, 0.4, "official")
+    assert out.item() == 0.0
+    out.sum().backward()
+    assert negative.grad.abs().sum().item() == 0
+    assert gndrp_pool(negative, label, 0.4, "paper").item() == pytest.approx(-12 / 4)
+    # a max of exactly 0: 0/0 is nan (dropped) and negative/0 is -inf (< tau, kept), as the official division
+    zero_max = torch.tensor([[[[0., -2.], [-4., 0.]]]])
+    assert gndrp_pool(zero_max, label, 0.4, "official").item() == pytest.approx(-6 / 4)
+    assert gndrp_keep_mask(zero_max, label, 0.4, "official")[0, 0].tolist() == [[0, 1], [1, 0]]
 
 
 def test_gndrp_keep_mask_and_gradient_only_through_kept_locations():

@@ -8,16 +8,18 @@ import torch
 
 from conftest import REPO
 from misc.fileio import load_image_rgb, load_label_png
+from misc.datasets import load_id_list
 from voc12 import dataloader as voc
 from voc12.synthetic import DEMO_CLASSES, make_dataset
 
 
 def test_synthetic_dataset_is_consistent_and_idempotent(tmp_path):
-    lists, label_file = make_dataset(str(tmp_path / "d"), num_train=12, num_eval=4, size=64, seed=3)
-    spec = voc.make_spec(str(tmp_path / "d"), label_file=label_file)
-    ids = voc.load_id_list(lists["train"])
-    assert len(ids) == 12 and voc.load_id_list(lists["eval"]) == ids[:4]
-    allowed = {voc.CLASS_NAMES.index(c) + 1 for c in DEMO_CLASSES}
+    lists = make_dataset(str(tmp_path / "d"), num_train=12, num_eval=4, size=64, seed=3)
+    spec = voc.make_spec(str(tmp_path / "d"), label_file=lists["labels"])
+    ids = load_id_list(lists["train"])
+    assert len(ids) == 12 and load_id_list(lists["eval"]) == ids[:4]
+    assert spec.class_names == tuple(DEMO_CLASSES) == ("cat", "dog", "bird", "sheep")  # named in the label file
+    allowed = {1, 2, 3, 4}
     saw_void = False
     for img_id in ids:
         mask = load_label_png(spec.gt_path(img_id))
@@ -35,13 +37,14 @@ def test_synthetic_dataset_is_consistent_and_idempotent(tmp_path):
 
 
 def test_train_cam_under_torchrun_ddp(tmp_path):
-    lists, label_file = make_dataset(str(tmp_path / "d"), num_train=8, num_eval=2, size=64)
+    data = make_dataset(str(tmp_path / "d"), num_train=8, num_eval=2, size=64)
+    lists, label_file = data, data["labels"]
     work = tmp_path / "w"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "run_sample.py",
            "--voc12_root", str(tmp_path / "d"), "--train_list", lists["train"], "--cls_labels", label_file,
            "--work_dir", str(work), "--device", "cpu", "--backbone_weights", "none", "--num_workers", "0",
            "--cam_num_epoches", "1", "--cam_batch_size", "2", "--cam_crop_size", "64", "--cam_resize_long", "64,80",
-           "--cam_learning_rate", "0.01", "--train_cam_pass", "true"]
+           "--cam_learning_rate", "0.01", "--only", "train_cam"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 process(es)" in out.stderr

@@ -15,15 +15,14 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 
-import toy_experiment  # noqa: E402
 from misc.fileio import DataError  # noqa: E402
-from misc.mnist import (IMAGES_MAGIC, LABELS_MAGIC, download_mnist, load_mnist, parse_idx, read_idx,  # noqa: E402
+from toy import experiment as toy_experiment  # noqa: E402
+from toy.mnist import (IMAGES_MAGIC, LABELS_MAGIC, download_mnist, load_mnist, parse_idx, read_idx,  # noqa: E402
                         t10k_split)
-from misc.toy_shapes import (REGION_BG, REGION_D, REGION_ND, gradient_maps, hgr, logit_gradient_map,  # noqa: E402
+from toy.shapes import (REGION_BG, REGION_D, REGION_ND, gradient_maps, hgr, logit_gradient_map,  # noqa: E402
                              make_toy_set, normalise_gradients, paint_shape, region_mean, shape_stamp)
-from net.toy_cnn import ToyCNN  # noqa: E402
+from toy.net import ToyCNN  # noqa: E402
 
 SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
 

@@ -6,15 +6,17 @@ from PIL import Image
 
 from conftest import train_subset_ids, write_list
 from misc.fileio import DataError, load_image_rgb
+from misc import datasets
+from misc.imutils import classification_augment
 from voc12 import dataloader as voc
 from voc12.make_cls_labels import labels_from_mask
 
 
 def test_shipped_lists_and_labels():
-    sizes = {name: len(voc.load_id_list(f"{voc.PACKAGE_DIR}/{name}.txt")) for name in
+    sizes = {name: len(datasets.load_id_list(f"{voc.PACKAGE_DIR}/{name}.txt")) for name in
              ("train", "train_aug", "val", "test")}
     assert sizes == {"train": 1464, "train_aug": 10582, "val": 1449, "test": 1456}
-    table = voc.load_label_table(voc.DEFAULT_LABEL_FILE)
+    table = datasets.load_label_file(voc.DEFAULT_LABEL_FILE)[0]
     assert len(table) == 12031
     assert all(isinstance(k, str) and "_" in k for k in list(table)[:10])
     # 2007_000032 is two aeroplanes and two persons in VOC
@@ -41,7 +43,7 @@ def test_gt_falls_back_to_segmentation_class_aug(voc_root):
 
 def test_classification_augmentation_on_real_image(voc_root):
     spec = voc.make_spec(voc_root)
-    ds = voc.ClassificationDataset(spec, train_subset_ids(3), crop_size=96, resize_long=(320, 640))
+    ds = datasets.ClassificationDataset(spec, train_subset_ids(3), crop_size=96, resize_long=(320, 640))
     torch.manual_seed(0)
     a = ds[0]
     assert a["img"].shape == (3, 96, 96) and a["img"].dtype == torch.float32
@@ -51,14 +53,14 @@ def test_classification_augmentation_on_real_image(voc_root):
     # small image: padded with 0 (the mean colour after normalisation) around a random placement
     rng = np.random.default_rng(1)
     small = np.full((20, 30, 3), 255, np.uint8)
-    out = voc.classification_augment(small, 64, rng, resize_long=None, hflip=False)
+    out = classification_augment(small, 64, rng, resize_long=None, hflip=False)
     filled = np.abs(out).sum(axis=0) > 0
     assert filled.sum() == 20 * 30 and out.shape == (3, 64, 64)
 
 
 def test_multiscale_pyramid_sizes_and_flip(voc_root):
     spec = voc.make_spec(voc_root)
-    ds = voc.MultiScaleDataset(spec, train_subset_ids(1), scales=(1.0, 0.5))
+    ds = datasets.MultiScaleDataset(spec, train_subset_ids(1), scales=(1.0, 0.5))
     s = ds[0]
     h, w = s["size"]
     assert s["img"][0].shape == (2, 3, h, w)
@@ -86,9 +88,9 @@ def test_corrupt_and_missing_images(tmp_path):
 
 def test_bad_lists_and_roots(tmp_path, voc_root):
     with pytest.raises(DataError, match="empty"):
-        voc.load_id_list(write_list(tmp_path / "empty.txt", [""]), "--train_list")
+        datasets.load_id_list(write_list(tmp_path / "empty.txt", [""]), "--train_list")
     with pytest.raises(DataError, match="no such list"):
-        voc.load_id_list(str(tmp_path / "missing.txt"), "--train_list")
+        datasets.load_id_list(str(tmp_path / "missing.txt"), "--train_list")
     with pytest.raises(DataError, match="--voc12_root"):
         voc.make_spec(str(tmp_path / "no_root")).check_ids(["2007_000032"], "--train_list")
     (tmp_path / "empty_root").mkdir()

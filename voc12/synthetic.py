@@ -8,7 +8,9 @@ finds a discriminative part and a less discriminative rest):
 
 Later objects are drawn over earlier ones; the mask records the visible owner of each pixel and marks a one-pixel
 band around every object as void (255), like VOC's borders. Written in VOC layout: JPEGImages/, SegmentationClass/
-(palette PNGs), ImageSets/{train,eval}.txt and cls_labels.npz (20 VOC classes; only the four above occur).
+(palette PNGs), ImageSets/{train,eval}.txt and cls_labels.npz, whose four classes are named in the file (class
+names travel with the label file, so the tables of a run name them). The generator only makes data; the demo's
+settings live in run_sample.py (DEMO_FLAGS).
 """
 import os
 
@@ -17,10 +19,12 @@ from PIL import Image
 
 from misc import imutils
 from misc.fileio import save_png
-from voc12.dataloader import CLASS_NAMES, save_label_table
+from misc.datasets import save_label_table
+from misc.fileio import atomic_path
 
 DEMO_CLASSES = {"cat": ((230, 140, 40), "disk"), "dog": ((50, 90, 220), "square"),
                 "bird": ((60, 190, 70), "triangle"), "sheep": ((215, 215, 215), "ring")}
+CLASS_NAMES = tuple(DEMO_CLASSES)
 
 
 def background(rng, size):
@@ -69,13 +73,13 @@ def make_sample(rng, size=160, max_objects=2):
 
 
 def make_dataset(out_dir, num_train=200, num_eval=24, size=160, seed=0):
-    """Write the dataset (idempotent: an existing complete dataset is kept). Returns the paths of the lists and
-    the label file. The eval images are also in the training list, like VOC train within train_aug."""
-    lists = {"train": os.path.join(out_dir, "ImageSets", "train.txt"),
-             "eval": os.path.join(out_dir, "ImageSets", "eval.txt")}
-    label_file = os.path.join(out_dir, "cls_labels.npz")
-    if all(os.path.isfile(p) for p in (*lists.values(), label_file)):
-        return lists, label_file
+    """Write the dataset (idempotent: an existing complete dataset is kept). Returns {'root', 'train', 'eval',
+    'labels'}: the folder, the two list files and the label file. The eval images are also in the training list,
+    like VOC train within train_aug."""
+    out = {"root": out_dir, "train": os.path.join(out_dir, "ImageSets", "train.txt"),
+           "eval": os.path.join(out_dir, "ImageSets", "eval.txt"), "labels": os.path.join(out_dir, "cls_labels.npz")}
+    if all(os.path.isfile(out[k]) for k in ("train", "eval", "labels")):
+        return out
     rng = np.random.default_rng(seed)
     palette = imutils.color_palette()
     ids, table = [], {}
@@ -83,7 +87,6 @@ def make_dataset(out_dir, num_train=200, num_eval=24, size=160, seed=0):
         img_id = f"synth_{i:05d}"
         img, mask = make_sample(rng, size)
         save_png(os.path.join(out_dir, "SegmentationClass", img_id + ".png"), mask, palette=palette)
-        from misc.fileio import atomic_path
         with atomic_path(os.path.join(out_dir, "JPEGImages", img_id + ".jpg")) as tmp:
             Image.fromarray(img).save(tmp, format="JPEG", quality=92)
         label = np.zeros(len(CLASS_NAMES), np.uint8)
@@ -91,49 +94,10 @@ def make_dataset(out_dir, num_train=200, num_eval=24, size=160, seed=0):
         label[present - 1] = 1
         table[img_id] = label
         ids.append(img_id)
-    os.makedirs(os.path.dirname(lists["train"]), exist_ok=True)
-    with open(lists["eval"], "w") as f:
+    os.makedirs(os.path.dirname(out["train"]), exist_ok=True)
+    with open(out["eval"], "w") as f:
         f.write("\n".join(ids[:num_eval]) + "\n")
-    save_label_table(label_file, table)
-    with open(lists["train"], "w") as f:  # written last: its presence marks a complete dataset
+    save_label_table(out["labels"], table, class_names=CLASS_NAMES)
+    with open(out["train"], "w") as f:  # written last: its presence marks a complete dataset
         f.write("\n".join(ids) + "\n")
-    return lists, label_file
-
-
-# Demo settings: CPU, random init, small images. Flags given on the command line win over these.
-# The classifier trains from scratch here, so the demo uses real SGD momentum (0.9) instead of IRN's
-# momentum bug (which the paper's ImageNet-initialised runs reproduce by default): measured seed mIoU 41 vs 31.
-DEMO_FLAGS = {
-    "device": "cpu", "backbone_weights": "none", "cam_num_epoches": 6, "cam_batch_size": 16,
-    "cam_crop_size": 128, "cam_resize_long": (128, 192), "cam_learning_rate": 0.1, "cam_scales": (1.0, 0.5),
-    "official_momentum_bug": False, "eval_cam_source": "both",
-    "rib_iter": 5, "rib_batch": 4, "rib_crop_size": 128, "rib_loader_workers": 0, "rib_loss_scales": (1.0,),
-    "irn_crop_size": 128, "irn_batch_size": 8, "irn_num_epoches": 12, "save_cam_png": 4,
-    # a random-init classifier's maps are flatter than an ImageNet one's: sweep a wider threshold range
-    "cam_eval_sweep": (0.05, 0.95, 0.05),
-}
-DEMO_STEPS = ("train_cam", "make_cam", "rib", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
-              "eval_sem_seg")
-
-
-def demo_args(args, argv=None):
-    """Turn parsed args into the demo run: synthetic data under <work_dir>/demo_data, every implemented step."""
-    import importlib.util
-    import sys
-    import run_sample
-    argv = sys.argv[1:] if argv is None else argv
-    given = {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
-    if "work_dir" not in given:
-        args.work_dir = "demo_work"
-    lists, label_file = make_dataset(os.path.join(args.work_dir, "demo_data"))
-    args.voc12_root = os.path.join(args.work_dir, "demo_data")
-    args.train_list, args.infer_list, args.eval_list = lists["train"], lists["eval"], lists["eval"]
-    args.cls_labels = label_file
-    for name, value in DEMO_FLAGS.items():
-        if name not in given:
-            setattr(args, name, value)
-    implemented = {name for name, module in run_sample.STEPS if importlib.util.find_spec(module) is not None}
-    for name in DEMO_STEPS:
-        if f"{name}_pass" not in given:
-            setattr(args, f"{name}_pass", name in implemented)
-    return run_sample.finalize_args(args)
+    return out
