@@ -5,6 +5,7 @@
     python run_sample.py --voc12_root R --train_irn_pass false                          # all but one
     python run_sample.py --voc12_root R --rib_iter 5 --work_dir runs/k5 --only rib,eval_cam
     python run_sample.py --demo          # synthetic data on the CPU, every step, a few minutes
+    python run_sample.py --demo coco14   # the same on synthetic COCO-format data (80 classes), prepare first
 
 Defaults reproduce the published numbers: the official code's behaviour where it differs from the paper's text
 (--rib_equations paper switches to the paper's equations). Dataset-dependent values come from the preset of
@@ -18,9 +19,10 @@ import os
 import sys
 import time
 
-from misc import datasets, runlog
-from misc.cli import (ArgumentParser, HelpFormatter, device_name, float_in, int_at_least, int_range, name_list, scale_list,
-                      show_all_defaults, str2bool, sweep)
+from misc import datasets, dist, runlog
+from misc.cli import (ArgumentParser, HelpFormatter, device_name, float_in, int_at_least, int_multiple_of, int_range,
+                      name_list, pad_size,
+                      scale_list, show_all_defaults, str2bool, sweep)
 
 # Steps in execution order: (name, module in step/, on by default?). Each module has run(args). A step whose
 # default is a function is on when that function says so (the refinement path chosen by --refine, the DeepLab
@@ -45,6 +47,7 @@ STEPS = (
     ("eval_deeplab", "step.eval_deeplab", True),
 )
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
+EVALUATION_STEPS = ("eval_cam", "eval_sem_seg", "eval_deeplab")  # one rank runs them under torchrun
 
 # The paper's equations vs the official code (--rib_equations); the single flags still override.
 RIB_EQUATIONS = {"official": {"gndrp_norm": "official", "rib_margin_mode": "official", "rib_aggregate": "official"},
@@ -66,9 +69,11 @@ def add_environment_args(p, dataset, preset):
     g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of every random draw of the pipeline")
     g.add_argument("--amp", type=str2bool, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     g.add_argument("--channels_last", type=str2bool, default=True, help="channels-last tensors on CUDA")
-    g.add_argument("--demo", action="store_true",
+    g.add_argument("--demo", nargs="?", const="voc12", default=None, choices=datasets.DATASETS,
                    help="write a small synthetic VOC-format dataset (4 classes) under <work_dir>/demo_data and run "
-                        "every step on it on the CPU; --work_dir defaults to demo_work, and the demo's small "
+                        "every step on it on the CPU; --demo coco14: a COCO-format one (raw instances JSONs, 80 "
+                        "classes, coco14/synthetic.py) made ready by coco14/prepare.py, then every step. "
+                        "--work_dir defaults to demo_work (demo_work_coco14), and the demo's small "
                         "settings (see DEMO_FLAGS in run_sample.py) replace the paper's unless given on the "
                         "command line")
 
@@ -89,6 +94,11 @@ def add_classifier_args(p, dataset, preset):
     g.add_argument("--backbone_weights", default="imagenet",
                    help="torchvision-format ResNet-50 state dict PATH, 'imagenet' (download when online), or "
                         "'none' (random init, for tests and demos)")
+    g.add_argument("--cam_weights_name", default="",
+                   help="the classifier checkpoint (default: <work_dir>/sess/res50_cam.pth); point several work "
+                        "dirs at one classifier (scripts/ablations.py does)")
+    g.add_argument("--cam_dir", default="",
+                   help="folder of the plain CAMs (default: <work_dir>/result/cam)")
     g.add_argument("--cam_num_epoches", type=int_at_least(1), default=5, help="classifier training epochs")
     g.add_argument("--cam_batch_size", type=int_at_least(1), default=16, help="classifier training batch")
     g.add_argument("--cam_crop_size", type=int_at_least(16), default=512, help="classifier training crop")
@@ -199,7 +209,122 @@ def add_irn_args(p, dataset, preset):
                    help="CAM ** power before the walk (official RIB: 1.3)")
     g.add_argument("--sem_seg_bg_thres", type=float_in(0, 1), default=preset["sem_seg_bg_thres"],
                    help="background score of the walked maps")
+    g.add_argument("--sem_seg_pad_to", type=pad_size, default=preset["sem_seg_pad_to"],
+                   help="IRNet sees each image zero-padded to at least N x N: 'crop' = --irn_crop_size (IRN's "
+                        "EdgeDisplacement pads VOC to its 512 training crop), 0 = no padding (official COCO)")
     g.add_argument("--save_palette", type=str2bool, default=True, help="also write colour PNGs of the masks")
+
+
+def add_deeplab_args(p, dataset, preset):
+    g = p.add_argument_group("DeepLab-v2 segmentation (make_seg_labels, train_deeplab, retrain_deeplab, "
+                             "infer_deeplab, eval_deeplab; appendix S1, deeplab-pytorch; docs/deeplab.md)")
+    g.add_argument("--seg_arch", default="resnet101", choices=("resnet101", "resnet50"),
+                   help="DeepLab-v2 backbone (output stride 8, frozen BN); resnet50 for tests and the demo")
+    g.add_argument("--seg_backbone_weights", default="imagenet",
+                   help="torchvision-format ResNet state dict PATH of --seg_arch, 'imagenet' (download when "
+                        "online), or 'none' (random init with calibrated BN: tests, demo). The paper: ImageNet "
+                        "(deeplab-pytorch's VOC config starts from a COCO segmentation model instead)")
+    g.add_argument("--seg_train_list", default=preset["seg_train_list"],
+                   help="ids to make training labels for and train on (they need pseudo masks)")
+    g.add_argument("--seg_infer_list", default=preset["seg_infer_list"], help="ids infer_deeplab predicts")
+    g.add_argument("--seg_eval_list", default=preset["seg_eval_list"],
+                   help="ids eval_deeplab (and the periodic val mIoU) scores")
+    g.add_argument("--seg_retrain", type=str2bool, default=preset["seg_retrain"],
+                   help="re-training (appendix S1; VOC only): round-one labels keep confident pixels of the "
+                        "random walk, and retrain_deeplab fills the rest with the round-one model's predictions; "
+                        "false: train once on the plain pseudo masks")
+    g.add_argument("--seg_retrain_fg", type=float_in(0, 1), default=0.3,
+                   help="round-one labels: foreground where the walk's score > this")
+    g.add_argument("--seg_retrain_bg", type=float_in(0, 1), default=0.2,
+                   help="round-one labels: background where the walk's score < this (255 between)")
+    g.add_argument("--seg_saliency_dir", default="",
+                   help="RIB-Sal (Table 3): folder of <id>.png saliency maps (0-255); pixels where mask and "
+                        "saliency disagree become 255; no re-training")
+    g.add_argument("--seg_saliency_thres", type=float_in(0, 255), default=32.0,
+                   help="a pixel is salient where its saliency value (0-255) is >= this (GWSM and NSROM, whose "
+                        "saliency maps the paper uses, binarise at 32)")
+    g.add_argument("--seg_num_iters", type=int_at_least(1), default=preset["seg_num_iters"],
+                   help="training iterations (appendix S1)")
+    g.add_argument("--seg_batch_size", type=int_at_least(1), default=10, help="images per iteration (all processes)")
+    g.add_argument("--seg_iter_size", type=int_at_least(1), default=1,
+                   help="batches accumulated per iteration (deeplab-pytorch ITER_SIZE; effective batch = "
+                        "batch x iter_size)")
+    g.add_argument("--seg_learning_rate", type=float_in(0, low_open=True), default=preset["seg_learning_rate"],
+                   help="backbone learning rate; ASPP weights 10x, ASPP biases 20x (appendix S1)")
+    g.add_argument("--seg_momentum", type=float_in(0, 1, high_open=True), default=0.9, help="SGD momentum")
+    g.add_argument("--seg_weight_decay", type=float_in(0), default=5e-4,
+                   help="weight decay (none on the ASPP biases)")
+    g.add_argument("--seg_poly_power", type=float_in(0), default=0.9, help="poly learning-rate decay power")
+    g.add_argument("--seg_lr_step", type=int_at_least(1), default=10,
+                   help="the poly rate is updated every this many iterations (deeplab-pytorch LR_DECAY)")
+    g.add_argument("--seg_crop_size", type=int_at_least(16), default=preset["seg_crop_size"],
+                   help="training crop (padded with the mean colour / 255 when the image is smaller)")
+    g.add_argument("--seg_scales", type=scale_list, default=preset["seg_scales"],
+                   help="training scales, one drawn per image")
+    g.add_argument("--seg_loss", default="balanced", choices=("balanced", "ce"),
+                   help="balanced: mean CE over background + mean CE over foreground pixels per image (the "
+                        "paper's 'balanced cross-entropy, as DSRG'); ce: plain CE (deeplab-pytorch)")
+    g.add_argument("--seg_save_every", type=int_at_least(1), default=1000,
+                   help="write a resume checkpoint (model and optimiser state) every this many iterations")
+    g.add_argument("--seg_log_every", type=int_at_least(1), default=50, help="log the mean loss every N iterations")
+    g.add_argument("--seg_eval_every", type=int_at_least(0), default=0,
+                   help="score the model on --seg_eval_list every N iterations (0: never)")
+    g.add_argument("--seg_compile", type=str2bool, default=False, help="torch.compile the training model (CUDA)")
+    g.add_argument("--seg_retrain_init", default="imagenet", choices=("imagenet", "round1"),
+                   help="init of the second round: imagenet = the round-one init (--seg_backbone_weights), "
+                        "round1 = the round-one model (the paper does not say)")
+    g.add_argument("--seg_retrain_crf", type=str2bool, default=False,
+                   help="dense CRF on the round-one predictions that fill the ignored pixels")
+    g.add_argument("--seg_test_scales", type=scale_list, default="1.0,0.75,0.5",
+                   help="inference scales (MSC: max over the scales' logits)")
+    g.add_argument("--seg_test_flip", type=str2bool, default=False,
+                   help="also predict the flipped image and average the logits (deeplab-pytorch: no flip)")
+    g.add_argument("--seg_crf", type=str2bool, default=True, help="dense CRF on the predictions of infer_deeplab")
+    g.add_argument("--seg_crf_iters", type=int_at_least(1), default=10, help="CRF mean-field iterations")
+    g.add_argument("--seg_crf_pos_xy", type=float_in(0, low_open=True), default=1.0, help="CRF Gaussian sxy")
+    g.add_argument("--seg_crf_pos_w", type=float_in(0), default=3.0, help="CRF Gaussian compat")
+    g.add_argument("--seg_crf_bi_xy", type=float_in(0, low_open=True), default=67.0, help="CRF bilateral sxy")
+    g.add_argument("--seg_crf_bi_rgb", type=float_in(0, low_open=True), default=3.0, help="CRF bilateral srgb")
+    g.add_argument("--seg_crf_bi_w", type=float_in(0), default=4.0, help="CRF bilateral compat")
+    g.add_argument("--seg_save_logits", type=str2bool, default=False,
+                   help="also write the pre-CRF class probabilities, result/deeplab_pred/<id>_prob.npz")
+    g.add_argument("--seg_save_png", type=int_at_least(0), default=8,
+                   help="overlay pictures (image | prediction | ground truth) written by eval_deeplab")
+
+
+def add_psa_args(p, dataset, preset):
+    g = p.add_argument_group("PSA / AffinityNet (cam_to_psa_label, train_aff, make_psa_sem_seg; --refine psa; "
+                             "official defaults of jiwoon-ahn/psa, see docs/psa.md)")
+    g.add_argument("--psa_cam_source", default="rib", choices=("cam", "rib"),
+                   help="CAMs the PSA stage starts from (result/cam or result/cam_rib)")
+    g.add_argument("--psa_low_alpha", type=float_in(0, low_open=True), default=4.0,
+                   help="background (1 - max CAM)^alpha of the confident-foreground CRF (infer_cls.py --low_alpha)")
+    g.add_argument("--psa_high_alpha", type=float_in(0, low_open=True), default=32.0,
+                   help="background power of the confident-background CRF (infer_cls.py --high_alpha)")
+    g.add_argument("--psa_backbone", default="resnet50", choices=("resnet50", "resnet38"),
+                   help="AffinityNet backbone: resnet50 (dilated to stride 8, torchvision ImageNet weights) or PSA's "
+                        "own wide ResNet-38, which the paper's PSA numbers used")
+    g.add_argument("--psa_backbone_weights", default="",
+                   help="AffinityNet backbone weights; default: --backbone_weights (resnet50). resnet38: a PyTorch "
+                        "state dict in PSA's naming (its ImageNet .params converted with PSA's "
+                        "convert_mxnet_to_torch), or none")
+    g.add_argument("--psa_crop_size", type=int_multiple_of(8, 72), default=448,
+                   help="AffinityNet training crop, a multiple of the stride 8 (train_aff.py --crop_size)")
+    g.add_argument("--psa_batch_size", type=int_at_least(1), default=8,
+                   help="AffinityNet training batch (all processes; train_aff.py --batch_size)")
+    g.add_argument("--psa_num_epoches", type=int_at_least(1), default=8,
+                   help="AffinityNet training epochs (train_aff.py --max_epoches)")
+    g.add_argument("--psa_learning_rate", type=float_in(0, low_open=True), default=0.1,
+                   help="backbone weights; 2x backbone biases, 10x / 20x the new layers' weights / biases "
+                        "(train_aff.py --lr)")
+    g.add_argument("--psa_weight_decay", type=float_in(0), default=5e-4,
+                   help="weight decay of the weights, none on biases (train_aff.py --wt_dec)")
+    g.add_argument("--psa_alpha", type=float_in(0, low_open=True), default=16.0,
+                   help="background power (1 - max CAM)^alpha of the random walk (infer_aff.py --alpha)")
+    g.add_argument("--psa_beta", type=float_in(0, low_open=True), default=8.0,
+                   help="affinity exponent of the transition matrix (infer_aff.py --beta)")
+    g.add_argument("--psa_logt", type=int_at_least(0), default=8,
+                   help="the walk takes t = 2^logt steps (infer_aff.py --logt)")
 
 
 def add_step_args(p, dataset, preset):
@@ -218,7 +343,7 @@ def add_step_args(p, dataset, preset):
 
 
 ARG_GROUPS = [add_environment_args, add_dataset_args, add_classifier_args, add_eval_cam_args, add_rib_args,
-              add_irn_args, add_step_args]
+              add_irn_args, add_psa_args, add_deeplab_args, add_step_args]
 
 
 def get_args_parser(dataset="voc12"):
@@ -233,9 +358,12 @@ def get_args_parser(dataset="voc12"):
 def parse_args(argv=None):
     """Parse twice: --dataset first (it chooses the preset that provides defaults), then everything."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--dataset", default="voc12", choices=datasets.DATASETS)
+    pre.add_argument("--dataset", default=None, choices=datasets.DATASETS)
+    pre.add_argument("--demo", nargs="?", const="voc12", default=None, choices=datasets.DATASETS)
     known, _ = pre.parse_known_args(argv)
-    args = get_args_parser(known.dataset).parse_args(argv)
+    if known.demo and known.dataset and known.demo != known.dataset:
+        raise SystemExit(f"error: --demo {known.demo} runs on {known.demo} data; drop --dataset {known.dataset}")
+    args = get_args_parser(known.dataset or known.demo or "voc12").parse_args(argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)
     return finalize_args(args)
 
@@ -243,21 +371,33 @@ def parse_args(argv=None):
 def finalize_args(args):
     """Derived values: the data root, the RIB equation flags, and every output path under --work_dir."""
     args.data_root = args.voc12_root if args.dataset == "voc12" else args.coco_root
+    datasets.use_root_files(args)  # e.g. the labels and lists coco14/prepare.py wrote under --coco_root
     for flag, value in RIB_EQUATIONS[args.rib_equations].items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     w = args.work_dir
     args.sess_dir = os.path.join(w, "sess")
     args.result_dir = os.path.join(w, "result")
-    args.cam_weights_path = os.path.join(w, "sess", "res50_cam.pth")
+    args.cam_weights_path = args.cam_weights_name or os.path.join(w, "sess", "res50_cam.pth")
     args.irn_weights_path = os.path.join(w, "sess", "res50_irn.pth")
-    args.cam_out_dir = os.path.join(w, "result", "cam")
+    args.cam_out_dir = args.cam_dir or os.path.join(w, "result", "cam")
     args.rib_out_dir = os.path.join(w, "result", "cam_rib")
     args.ir_label_out_dir = os.path.join(w, "result", "ir_label")
     args.sem_seg_out_dir = os.path.join(w, "result", "sem_seg")
     args.sem_seg_psa_out_dir = os.path.join(w, "result", "sem_seg_psa")
+    args.sem_seg_psa_score_dir = args.sem_seg_psa_out_dir + "_score"
+    args.psa_label_out_dir = os.path.join(w, "result", "psa_label")
+    args.psa_aff_weights_path = os.path.join(w, "sess", "psa_aff.pth")
     # the pseudo masks eval_sem_seg and the DeepLab stage read
     args.pseudo_mask_dir = args.sem_seg_out_dir if args.refine == "irn" else args.sem_seg_psa_out_dir
+    # the walk's confidence beside the masks (result/sem_seg_score), for make_seg_labels' round-one rule
+    args.sem_seg_score_dir = args.sem_seg_out_dir + "_score"
+    args.pseudo_score_dir = args.pseudo_mask_dir + "_score"
+    args.seg_label_dir = os.path.join(w, "result", "seg_label")
+    args.seg_label_retrain_dir = os.path.join(w, "result", "seg_label_retrain")
+    args.deeplab_weights_path = os.path.join(w, "sess", "deeplab.pth")
+    args.deeplab_retrain_weights_path = os.path.join(w, "sess", "deeplab_retrain.pth")
+    args.deeplab_pred_dir = os.path.join(w, "result", "deeplab_pred")
     return args
 
 
@@ -304,12 +444,16 @@ def run_steps(args):
     if not steps:
         log.warning("no step enabled")
     total = time.perf_counter()
+    rank, _ = dist.torchrun_rank_world()
     for name, module_name in steps:
         module = import_step(name, module_name, requested=bool(args.only) or getattr(args, f"{name}_pass"))
         if module is None:
             continue
+        if name in EVALUATION_STEPS and rank != 0:
+            continue  # under torchrun one rank evaluates; the others wait at the barrier
         with runlog.step_timer(name):
             module.run(args)
+        dist.step_barrier(args.device)
     log.info("all steps done in %.1f s", time.perf_counter() - total)
 
 
@@ -319,13 +463,17 @@ def run_steps(args):
 # The classifier trains from scratch here, so the demo uses real SGD momentum (0.9) instead of IRN's momentum bug
 # (which the paper's ImageNet-initialised runs reproduce by default).
 DEMO_FLAGS = {
-    "device": "cpu", "backbone_weights": "none", "cam_num_epoches": 6, "cam_batch_size": 16,
+    "device": "cpu", "backbone_weights": "none", "num_workers": 1, "cam_num_epoches": 6, "cam_batch_size": 16,
     "cam_crop_size": 128, "cam_resize_long": (128, 192), "cam_learning_rate": 0.02, "cam_scales": (1.0, 0.5),
     "official_momentum_bug": False, "eval_cam_source": "both",
     "rib_iter": 5, "rib_batch": 4, "rib_crop_size": 128, "rib_loader_workers": 0, "rib_loss_scales": (1.0,),
     "irn_crop_size": 128, "irn_batch_size": 8, "irn_num_epoches": 12, "save_cam_png": 4,
     # a random-init classifier's maps are flatter than an ImageNet one's: sweep the whole range
     "cam_eval_sweep": (0.05, 0.95, 0.05),
+    # DeepLab stage: ResNet-50 from scratch on small crops, a few dozen iterations (a higher rate than the paper's
+    # 2e-4, which suits an ImageNet init)
+    "seg_arch": "resnet50", "seg_backbone_weights": "none", "seg_crop_size": 96, "seg_batch_size": 4,
+    "seg_num_iters": 16, "seg_learning_rate": 5e-4, "seg_save_every": 8, "seg_log_every": 4,
 }
 
 
@@ -340,8 +488,32 @@ def demo_args(args):
     args.dataset = "voc12"
     args.voc12_root = data["root"]
     args.train_list, args.infer_list, args.eval_list = data["train"], data["eval"], data["eval"]
+    args.seg_train_list = args.seg_infer_list = args.seg_eval_list = data["eval"]  # the ids with pseudo masks
     args.cls_labels = data["labels"]
     for name, value in DEMO_FLAGS.items():
+        if name not in given:
+            setattr(args, name, value)
+    return finalize_args(args)
+
+
+# The COCO demo (coco14/synthetic.py: 80 classes, 4 of them drawn, images of 120 x 160): the VOC demo's settings;
+# the RIB and IRN values are the COCO preset's. RIB, the IRN stage and the evaluations run on 24 training images.
+COCO_DEMO_FLAGS = dict(DEMO_FLAGS)
+
+
+def coco_demo_args(args):
+    """The COCO demo run: raw COCO-format data under <work_dir>/demo_data, made ready by coco14/prepare.py (both
+    once), the demo's settings where the command line did not give a value, every step at 80 classes."""
+    from coco14 import prepare, synthetic
+    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    if "work_dir" not in given:
+        args.work_dir = "demo_work_coco14"
+    data = synthetic.make_dataset(os.path.join(args.work_dir, "demo_data"))
+    print(prepare.describe(prepare.prepare(data["root"], workers=max(1, args.num_workers))))
+    args.dataset, args.coco_root = "coco14", data["root"]
+    args.infer_list = args.eval_list = data["subset"]  # train_list and labels: ROOT's, by finalize_args
+    args.seg_train_list = data["subset"]  # the ids with pseudo masks; DeepLab is scored on ROOT's val14.txt
+    for name, value in COCO_DEMO_FLAGS.items():
         if name not in given:
             setattr(args, name, value)
     return finalize_args(args)
@@ -351,7 +523,10 @@ def main(argv=None):
     from misc.fileio import DataError
     args = parse_args(argv)
     if args.demo:
-        args = demo_args(args)
+        if argv is None:  # a command, not a call from Python: pin the CPU kernels (misc/cpu_kernels.py)
+            from misc.cpu_kernels import reexec_pinned
+            reexec_pinned()
+        args = coco_demo_args(args) if args.demo == "coco14" else demo_args(args)
     log = logging.getLogger("run_sample")
     try:
         run_steps(args)
@@ -364,7 +539,9 @@ def main(argv=None):
     except Exception as e:  # one line on the console, the traceback in run.log
         log.debug("traceback", exc_info=True)
         runlog.log_traceback_to_file(log)
-        raise SystemExit(f"error: {type(e).__name__}: {e} (traceback in {os.path.join(args.work_dir, 'run.log')})")
+        lines = str(e).strip().splitlines() or [""]
+        first = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
+        raise SystemExit(f"error: {type(e).__name__}: {first} (traceback in {os.path.join(args.work_dir, 'run.log')})")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ def cam_dir(args, source):
     return args.cam_out_dir if source == "cam" else args.rib_out_dir
 
 
-def check_cam_files(cam_dir, ids, source):
-    """Fail before any work when CAMs are missing, naming the first id and the step that makes them."""
+def check_cam_files(cam_dir, ids, source, flag="--ir_cam_source"):
+    """Fail before any work when CAMs are missing, naming the first id, the step that makes them and the flag
+    that chooses the source."""
     missing = [i for i in ids if not os.path.isfile(os.path.join(cam_dir, i + ".npz"))]
     if missing:
         step = CAM_SOURCE_STEPS[source]
         raise DataError(f"{len(missing)} of {len(ids)} CAM file(s) are missing in {cam_dir}, e.g. for image "
                         f"{missing[0]} ({os.path.join(cam_dir, missing[0] + '.npz')}): run the {step} step "
-                        f"(--only {step}) on these ids first, or choose the other --ir_cam_source")
+                        f"(--only {step}) on these ids first, or choose the other {flag}")
 
 
 def check_cam_record(record, img_id, num_classes, image_size, cam_dir):

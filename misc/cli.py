@@ -38,6 +38,32 @@ def int_at_least(minimum):
     return parse
 
 
+def int_multiple_of(step, minimum):
+    """An integer >= minimum that is a multiple of `step` (a crop that a stride-`step` network maps exactly)."""
+    at_least = int_at_least(minimum)
+
+    def parse(v):
+        n = at_least(v)
+        if n % step:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {step}, got {n}")
+        return n
+    parse.__name__ = f"multiple of {step} >= {minimum}"
+    return parse
+
+
+def pad_size(v):
+    """'crop' (pad to the IRNet training crop) or an integer >= 0 (0 = no padding)."""
+    if str(v) == "crop":
+        return "crop"
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'crop' or an integer >= 0, got {v!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 'crop' or an integer >= 0, got {n}")
+    return n
+
+
 def float_in(low=None, high=None, low_open=False, high_open=False):
     """A float within [low, high] (or open at either end)."""
     lo_sign, hi_sign = ("(" if low_open else "["), (")" if high_open else "]")

@@ -1,7 +1,8 @@
-"""Dense CRF (Kraehenbuehl & Koltun) on a label map, with IRN's parameters.
+"""Dense CRF (Kraehenbuehl & Koltun): on a label map with IRN's parameters, and on class probabilities with
+deeplab-pytorch's (the DeepLab stage).
 
-pydensecrf is imported inside the function: it is a compiled extension that GPU machines may lack, and only the
-CRF steps (cam_to_ir_label, eval_cam --eval_crf) need it.
+pydensecrf is imported inside the functions: it is a compiled extension that GPU machines may lack, and only the
+CRF steps (cam_to_ir_label, eval_cam --eval_crf, infer_deeplab) need it.
 """
 import numpy as np
 
@@ -35,3 +36,28 @@ def crf_inference_label(img, labels, n_labels, t=10, gt_prob=0.7):
     crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=img, compat=10)
     q = crf.inference(t)
     return np.argmax(np.asarray(q).reshape(n_labels, h, w), axis=0)
+
+
+def crf_inference_softmax(img, probs, t=10, pos_xy=1.0, pos_w=3.0, bi_xy=67.0, bi_rgb=3.0, bi_w=4.0):
+    """Refine class probabilities with a dense CRF whose unary is -log p (deeplab-pytorch's DenseCRF; its VOC
+    parameters are the defaults: 10 iterations, Gaussian sxy 1 / compat 3, bilateral sxy 67 / srgb 3 / compat 4).
+
+    img uint8 (H, W, 3): the raw RGB image (deeplab-pytorch's main.py passes a mean-subtracted image cast to uint8
+    instead, which wraps negative values; not reproduced). probs float (n, H, W) summing to 1 over n ->
+    float32 (n, H, W) CRF marginals.
+    """
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError as e:
+        raise DataError("the dense CRF needs pydensecrf: pip install pydensecrf2 (import name pydensecrf)") from e
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    probs = np.ascontiguousarray(probs, dtype=np.float32)
+    n, h, w = probs.shape
+    if img.shape != (h, w, 3):
+        raise ValueError(f"CRF image {img.shape} does not match the probabilities {probs.shape}")
+    crf = dcrf.DenseCRF2D(w, h, n)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=pos_xy, compat=pos_w)
+    crf.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=img, compat=bi_w)
+    return np.asarray(crf.inference(t), dtype=np.float32).reshape(n, h, w)

@@ -32,6 +32,18 @@ def build_spec(args):
     return module.make_spec(args.data_root, label_file=args.cls_labels or None, gt_dir=args.gt_dir or None)
 
 
+def use_root_files(args):
+    """Point flags that still hold their default at files the dataset's preparation wrote under the data root,
+    when they exist there: the dataloader's ROOT_FILES {flag: file name} (coco14: ROOT/cls_labels.npz and
+    ROOT/train14.txt from coco14/prepare.py). A flag given another value is left alone."""
+    module = importlib.import_module(f"{args.dataset}.dataloader")
+    defaults = preset(args.dataset)
+    for flag, name in getattr(module, "ROOT_FILES", {}).items():
+        path = os.path.join(args.data_root, name)
+        if hasattr(args, flag) and getattr(args, flag) == defaults.get(flag, "") and os.path.isfile(path):
+            setattr(args, flag, path)
+
+
 # --- id lists and the label file ---------------------------------------------------------------------------------
 
 
@@ -171,9 +183,13 @@ class DatasetSpec:
             raise DataError(f"{' or '.join(folders)} is missing: {self.root_flag} must point at the folder that "
                             f"holds {self.image_locations[0][0]}/")
         paths = [self.image_path(i) for i in ids]
-        missing = [p for p in paths if not os.path.isfile(p)]
+        missing = [(i, p) for i, p in zip(ids, paths) if not os.path.isfile(p)]
         if missing:
-            raise DataError(f"{len(missing)} id(s) of {flag} have no image, e.g. {missing[0]}; fix the list or "
+            img_id, example = missing[0]
+            if len(self.image_locations) > 1:  # name every place that was looked at
+                example = f"{img_id} (none of " + ", ".join(
+                    os.path.join(self.root, f, p + img_id + self.image_ext) for f, p in self.image_locations) + ")"
+            raise DataError(f"{len(missing)} id(s) of {flag} have no image, e.g. {example}; fix the list or "
                             f"the dataset root ({self.root_flag})")
         if check_images:
             with ThreadPoolExecutor(8) as pool:

@@ -115,6 +115,24 @@ def barrier():
         dist.barrier()
 
 
+_STEP_GROUP = None
+
+
+def step_barrier(device):
+    """Under torchrun, wait until every rank has finished the current step: the next step reads the outputs of
+    all ranks' shards. A gloo group with a long timeout, as one rank's CRF shard may end hours after another's."""
+    global _STEP_GROUP
+    _, world = torchrun_rank_world()
+    if world == 1:
+        return
+    import datetime
+    import torch.distributed as dist
+    init_distributed(device)
+    if _STEP_GROUP is None:
+        _STEP_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
+    dist.barrier(group=_STEP_GROUP)
+
+
 def train_loader(dataset, batch_size, args, rank, world, on_cuda):
     """Shuffled, drop-last training DataLoader seeded by --seed; under torchrun a DistributedSampler gives each
     rank its share. Returns (loader, sampler or None); call sampler.set_epoch(epoch) each epoch."""

@@ -25,7 +25,8 @@ def search_directions(radius):
     """Destination offsets (dy, dx) of a source pixel: all offsets with dy^2 + dx^2 < radius^2 in the half-plane
     dy > 0 or (dy == 0, dx > 0). The order (same row first, then row by row, left to right) is IRN's."""
     dirs = [(0, dx) for dx in range(1, radius)]
-    dirs += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dx * dx + dy * dy < radius ** 2]
+    dirs += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius)
+             if dx * dx + dy * dy < radius ** 2]
     return dirs
 
 

@@ -99,9 +99,10 @@ def resnet101(strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4)):
     return ResNet([3, 4, 23, 3], strides, dilations)
 
 
-def load_backbone_weights(model, spec, arch="resnet50"):
+def load_backbone_weights(model, spec, arch="resnet50", flag="--backbone_weights"):
     """Fill `model` (a ResNet) from `spec` = 'none' (keep random init), 'imagenet' (download torchvision's weights
-    into the torch hub cache; only when asked) or a path to a torchvision-format state dict."""
+    into the torch hub cache; only when asked) or a path to a torchvision-format state dict. `flag` names the
+    option in error messages."""
     if spec is None or spec == "none":
         return model
     if spec == "imagenet":
@@ -109,23 +110,23 @@ def load_backbone_weights(model, spec, arch="resnet50"):
         try:
             state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
         except Exception as e:  # URLError, HTTPError, timeouts...
-            raise DataError(f"--backbone_weights imagenet: could not download {url} ({e}). Offline? Download the "
-                            f"file elsewhere and pass its path with --backbone_weights PATH") from e
+            raise DataError(f"{flag} imagenet: could not download {url} ({e}). Offline? Download the "
+                            f"file elsewhere and pass its path with {flag} PATH") from e
     else:
         if not os.path.isfile(spec):
-            raise DataError(f"--backbone_weights {spec}: no such file; give a torchvision-format {arch} state "
+            raise DataError(f"{flag} {spec}: no such file; give a torchvision-format {arch} state "
                             f"dict, 'imagenet' to download it, or 'none' for random initialisation")
         try:
             state = torch.load(spec, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise DataError(f"--backbone_weights {spec} is not a loadable state dict ({e})") from e
+            raise DataError(f"{flag} {spec} is not a loadable state dict ({e})") from e
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise DataError(f"--backbone_weights {spec} does not match {arch}: missing {missing[:5]}, "
+        raise DataError(f"{flag} {spec} does not match {arch}: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
     return model
 

@@ -65,5 +65,10 @@ def load_classifier(path, num_classes, device="cpu"):
     ckpt = load_checkpoint(path, "classifier checkpoint", made_by="train_cam")
     check_class_count(ckpt["state_dict"], num_classes, path)
     model = Net(num_classes)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        from misc.fileio import DataError
+        raise DataError(f"{path} is not a classifier checkpoint of this project ({str(e).splitlines()[0]}); "
+                        f"remake it with --overwrite train_cam") from e
     return model.to(device).eval()

@@ -6,7 +6,11 @@
 
 fast       step/rib.py as run_sample runs it: bf16 autocast and channels-last on CUDA (--amp, --channels_last),
            DataLoader workers preparing the other images ahead (--rib_loader_workers), the class index built once,
-           one host sync per step, one worker per GPU.
+           one host sync per step right after the scale-1.0 forward, one worker per GPU.
+late       (with --bench_modes fast,late,...) the same code with its previous order: every step computed in
+           full (other scales, other images, backward) before the early-stop test, and the last, unused update
+           of the official aggregation made; the outputs are identical, the time shows what the early test
+           saves.
 reference  the official code's structure: fp32, the disjoint-image list rebuilt per image by scanning
            --train_list, other images loaded in-process, .item() syncs for the early stops, one process.
 Both draw the same other images (same (seed, image, step, slot) generators), so on CPU in fp32 their outputs
@@ -45,7 +49,10 @@ def bench_parser():
                                 add_help=False)
     p.add_argument("--bench_images", type=int, default=None, help="images timed (default 3 on CPU, 20 on CUDA)")
     p.add_argument("--bench_warmup", type=int, default=1, help="untimed images processed first by each mode")
-    p.add_argument("--bench_mode", default="both", choices=("both", "fast", "reference"))
+    p.add_argument("--bench_modes", default="fast,reference",
+                   help="modes timed in this run, in order (fast, late, reference); see above")
+    p.add_argument("--bench_mode", default=None, choices=("fast", "late", "reference"),
+                   help="internal: run one mode in this process")
     p.add_argument("--bench_help", action="store_true", help="show this help")
     return p
 
@@ -70,8 +77,7 @@ def prepare_args(argv):
 def bench_ids(args, count, warmup):
     """The first `count` ids of --infer_list that have a ground-truth mask (for the agreement check), and
     `warmup` further ids to warm up on."""
-    from misc.datasets import build_spec
-    from misc.datasets import load_id_list
+    from misc.datasets import build_spec, load_id_list
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
     with_masks = [i for i in ids if os.path.isfile(spec.gt_path(i))]
@@ -83,12 +89,11 @@ def bench_ids(args, count, warmup):
 def ensure_classifier(args):
     if os.path.isfile(args.cam_weights_path):
         return False
-    from misc.datasets import build_spec
+    from misc.datasets import build_spec, load_id_list
     from misc.fileio import save_checkpoint
+    from misc.imutils import classification_augment
     from net.resnet50 import calibrate_batchnorm
     from net.resnet50_cam import Net
-    from misc.datasets import load_id_list
-    from misc.imutils import classification_augment
     spec = build_spec(args)
     rng = np.random.default_rng(0)
     ids = load_id_list(args.train_list, "--train_list")[:4]
@@ -126,13 +131,12 @@ def reference_rib(args, ids):
     """Per image: reset, fresh optimiser, K steps in the official order with .item() syncs, fp32, in-process."""
     import torch.nn.functional as F
     from misc.cams import resize_and_sum, write_cam_record
-    from misc.datasets import build_spec
+    from misc.datasets import build_spec, load_id_list
+    from misc.imutils import classification_augment, scale_pyramid
     from misc.rib_losses import finetune_loss
     from misc.torchutils import PolyOptimizer, poly_param_groups
     from net.resnet50_cam import load_classifier
     from step.rib import RIBConfig, draw_generator, pool_logits, rib_path, write_background_record
-    from misc.datasets import load_id_list
-    from misc.imutils import classification_augment, scale_pyramid
 
     cfg = RIBConfig.from_args(args)
     spec = build_spec(args)
@@ -227,7 +231,8 @@ def run_mode(mode, args, ids, warmup_ids):
         with open(args.infer_list, "w") as f:
             f.write("\n".join(ids_now) + "\n")
         start = time.perf_counter()
-        if mode == "fast":
+        if mode in ("fast", "late"):
+            args._rib_early_checks = mode == "fast"
             rib.run(args)
         else:
             reference_rib(args, ids_now)
@@ -237,20 +242,24 @@ def run_mode(mode, args, ids, warmup_ids):
     return {"mode": mode, "images": len(ids), "seconds": seconds, "s_per_image": seconds / len(ids)}
 
 
-def agreement(args, ids):
-    """Largest |difference| of the high_res maps, and the seed mIoU of both folders on the ids with masks."""
+def agreement(args, ids, modes):
+    """Largest |difference| of the high_res maps of each mode against the first, and the seed mIoU of every mode's
+    folder on the ids with masks."""
     from misc.datasets import build_spec
     from step.eval_cam import evaluate_cam_dir
     spec = build_spec(args)
-    diffs = []
-    for i in ids:
-        a = load_cam_npz(os.path.join(args.bench_dir, "fast", i + ".npz"))
-        b = load_cam_npz(os.path.join(args.bench_dir, "reference", i + ".npz"))
-        diffs.append(float(np.abs(a["high_res"] - b["high_res"]).max()) if a["high_res"].size else 0.0)
+    out = {}
+    for other in modes[1:]:
+        diffs = []
+        for i in ids:
+            a = load_cam_npz(os.path.join(args.bench_dir, modes[0], i + ".npz"))
+            b = load_cam_npz(os.path.join(args.bench_dir, other, i + ".npz"))
+            diffs.append(float(np.abs(a["high_res"] - b["high_res"]).max()) if a["high_res"].size else 0.0)
+        out[f"max_abs_diff_high_res_{modes[0]}_{other}"] = max(diffs)
     with_masks = [i for i in ids if os.path.isfile(spec.gt_path(i))]
-    out = {"max_abs_diff_high_res": max(diffs), "eval_images": len(with_masks)}
+    out["eval_images"] = len(with_masks)
     if with_masks:
-        for mode in ("fast", "reference"):
+        for mode in modes:
             res = evaluate_cam_dir(args, os.path.join(args.bench_dir, mode), with_masks, spec, made_by="rib")
             out[f"miou_{mode}"] = res["miou"]
             out[f"threshold_{mode}"] = res["threshold"]
@@ -265,15 +274,18 @@ def main(argv=None):
     bench, args = prepare_args(argv)
     os.makedirs(args.bench_dir, exist_ok=True)
     ids, warmup_ids = bench_ids(args, bench.bench_images, bench.bench_warmup)
-    if bench.bench_mode != "both":
+    if bench.bench_mode is not None:
         result = run_mode(bench.bench_mode, args, ids, warmup_ids)
         with open(os.path.join(args.bench_dir, f"{bench.bench_mode}.json"), "w") as f:
             json.dump(result, f)
         return result
 
+    modes = [m.strip() for m in bench.bench_modes.split(",") if m.strip()]
+    if not modes or any(m not in ("fast", "late", "reference") for m in modes):
+        raise SystemExit(f"error: --bench_modes {bench.bench_modes}: choose from fast, late, reference")
     ensure_classifier(args)
     results = {}
-    for mode in ("fast", "reference"):
+    for mode in modes:
         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--bench_mode", mode]
         subprocess.run(cmd, check=True, cwd=REPO)
         with open(os.path.join(args.bench_dir, f"{mode}.json")) as f:
@@ -283,25 +295,26 @@ def main(argv=None):
         "rib_crop_size": args.rib_crop_size, "cam_scales": list(args.cam_scales),
         "rib_loss_scales": list(args.rib_loss_scales), "amp": bool(args.amp),
         "rib_loader_workers": args.rib_loader_workers,
+        "rib_explode_stop": bool(args.rib_explode_stop), "rib_aggregate": args.rib_aggregate,
         "load_avg_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),
-        "fast_s_per_image": results["fast"]["s_per_image"],
-        "reference_s_per_image": results["reference"]["s_per_image"],
-        "speedup": results["reference"]["s_per_image"] / results["fast"]["s_per_image"],
-        **agreement(args, ids),
+        **{f"{m}_s_per_image": results[m]["s_per_image"] for m in modes},
+        **agreement(args, ids, modes),
     }
+    for m in modes[1:]:
+        summary[f"{m}_over_{modes[0]}"] = results[m]["s_per_image"] / results[modes[0]]["s_per_image"]
     with open(os.path.join(args.bench_dir, "bench_rib.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"RIB bench on {summary['device']}, {len(ids)} images, K={args.rib_iter}, {args.rib_batch} other "
           f"images of {args.rib_crop_size}px, CAM scales {args.cam_scales}, loss scales {args.rib_loss_scales}")
     print(f"  (load average {summary['load_avg_1min']} on {summary['cpu_count']} CPUs at the end)")
-    print(f"  fast      {summary['fast_s_per_image']:.2f} s/image")
-    print(f"  reference {summary['reference_s_per_image']:.2f} s/image")
-    print(f"  speed-up  {summary['speedup']:.2f}x")
-    print(f"  max |high_res fast - reference| {summary['max_abs_diff_high_res']:.2e}")
-    if "miou_fast" in summary:
-        print(f"  seed mIoU fast {summary['miou_fast']} (thr {summary['threshold_fast']:.2f}), reference "
-              f"{summary['miou_reference']} (thr {summary['threshold_reference']:.2f}) on "
-              f"{summary['eval_images']} images")
+    for m in modes:
+        print(f"  {m:9s} {summary[f'{m}_s_per_image']:.2f} s/image" + (
+            f"  ({summary[f'{m}_over_{modes[0]}']:.2f}x the time of {modes[0]})" if m != modes[0] else ""))
+    for m in modes[1:]:
+        print(f"  max |high_res {modes[0]} - {m}| {summary[f'max_abs_diff_high_res_{modes[0]}_{m}']:.2e}")
+    if f"miou_{modes[0]}" in summary:
+        print("  seed mIoU " + ", ".join(f"{m} {summary[f'miou_{m}']} (thr {summary[f'threshold_{m}']:.2f})"
+                                         for m in modes) + f" on {summary['eval_images']} images")
     return summary
 
 

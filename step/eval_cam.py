@@ -101,7 +101,8 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
         score, fg_class = seed_scores(record, gt.shape)
         sweep.update(gt, score, fg_class)
         maps += len(record["keys"])
-        flat += int((record["high_res"].reshape(len(record["keys"]), -1).max(axis=1) <= 0).sum())
+        if len(record["keys"]):  # an image without labels (COCO's unannotated ones) has no class map
+            flat += int((record["high_res"].reshape(len(record["keys"]), -1).max(axis=1) <= 0).sum())
 
     per_threshold = [scores_from_confusion(sweep.confusion(j))["miou"] for j in range(len(thresholds))]
     best = int(np.nanargmax(per_threshold))

@@ -1,8 +1,9 @@
 """Step make_sem_seg: pseudo masks by IRN's random walk of the CAM inside IRNet's class boundaries.
 
 For each image of --infer_list:
-1. boundary B (stride 4): IRNet on [image, flipped image], the pair zero-padded to at least --irn_crop_size (IRN
-   pads VOC images to 512, the training crop; larger images are not cropped), sigmoid of the mean logit;
+1. boundary B (stride 4): IRNet on [image, flipped image], the pair zero-padded to at least --sem_seg_pad_to
+   (VOC preset 'crop': --irn_crop_size, as IRN pads VOC images to its 512 training crop; COCO preset 0: no
+   padding, as the official COCO code; larger images are never cropped), sigmoid of the mean logit;
 2. affinity of pixels within radius 5: 1 - max of B along their path; T = column-normalised aff**--beta (10);
 3. seeds = cam**--sem_seg_power (1.3; RIB) * (1 - B), from the stride-4 `cam` of result/cam or result/cam_rib,
    one map per image class, no background map (as IRN: the background comes from the threshold below);
@@ -10,8 +11,10 @@ For each image of --infer_list:
    (hw)^2 squaring (misc/indexing.py; same result, ~8 MB instead of ~2 GB for a 500x375 image);
 5. upsample x4 (bilinear), crop to H x W, divide by the global max, background plane = --sem_seg_bg_thres (0.27),
    argmax, map through the image's classes.
-Writes result/sem_seg/<id>.png (uint8 0..C) and, with --save_palette, <id>_palette.png. One worker per GPU (and
-torchrun shards), --num_workers processes on CPU; finished images are skipped.
+Writes result/sem_seg/<id>.png (uint8 0..C) and, with --save_palette, <id>_palette.png, and the walk's confidence
+result/sem_seg_score/<id>.png: uint8 round(255 x max over the image's classes of the walk / its global max), the
+value step 5 compares with the background threshold (make_seg_labels' round-one rule reads it). One worker per
+GPU (and torchrun shards), --num_workers processes on CPU; finished images are skipped.
 """
 import logging
 import os
@@ -43,29 +46,46 @@ def palette_path(args, img_id):
     return os.path.join(args.sem_seg_out_dir, img_id + "_palette.png")
 
 
+def score_path(args, img_id):
+    return os.path.join(args.sem_seg_score_dir, img_id + ".png")
+
+
 def is_done(args, img_id):
-    return os.path.isfile(mask_path(args, img_id)) and (not args.save_palette
-                                                        or os.path.isfile(palette_path(args, img_id)))
+    return os.path.isfile(mask_path(args, img_id)) and os.path.isfile(score_path(args, img_id)) and \
+        (not args.save_palette or os.path.isfile(palette_path(args, img_id)))
 
 
-def pseudo_mask(cams, keys, edge, size, args, lean=True):
-    """Random-walk label map (H, W) int64 in 0..C from stride-4 cams (n, h, w) and the boundary edge (h, w)."""
+def pseudo_mask(cams, keys, edge, size, args, lean=True, with_score=False):
+    """Random-walk label map (H, W) int64 in 0..C from stride-4 cams (n, h, w) and the boundary edge (h, w); with
+    with_score, also the uint8 score map (see walk_to_labels)."""
     if len(keys) == 0:
-        return np.zeros(size, dtype=np.int64)
+        return walk_to_labels(None, keys, size, args.sem_seg_bg_thres, with_score)
     cams = cams.clamp(min=0).pow(args.sem_seg_power)  # CAMs are ReLU'd; the clamp guards a fractional power
     walk = indexing.propagate_to_edge(cams, edge, radius=WALK_RADIUS, beta=args.beta, exp_times=args.exp_times,
                                       lean=lean)
-    return walk_to_labels(walk, keys, size, args.sem_seg_bg_thres)
+    return walk_to_labels(walk, keys, size, args.sem_seg_bg_thres, with_score)
 
 
-def walk_to_labels(walk, keys, size, bg_thres):
-    """(n, 1, h, w) walk -> (H, W) labels: x4 bilinear, crop, divide by the global max, background plane, argmax."""
-    up = F.interpolate(walk, scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :size[0], :size[1]]
-    peak = up.max()
-    if not peak > 0:  # all-zero CAMs: nothing to propagate, everything is background
-        return np.zeros(size, dtype=np.int64)
-    scores = F.pad(up / peak, (0, 0, 0, 0, 1, 0), value=bg_thres)
-    return np.concatenate([[0], np.asarray(keys) + 1])[scores.argmax(dim=0).cpu().numpy()]
+def walk_to_labels(walk, keys, size, bg_thres, with_score=False):
+    """(n, 1, h, w) walk -> (H, W) labels: x4 bilinear, crop, divide by the global max, background plane, argmax.
+    with_score: (labels, uint8 round(255 x max over classes of the normalised walk)), the value the background
+    threshold is compared with."""
+    up = None if walk is None or len(keys) == 0 else \
+        F.interpolate(walk, scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :size[0], :size[1]]
+    if up is None or not up.max() > 0:  # all-zero CAMs: nothing to propagate, everything is background
+        labels = np.zeros(size, dtype=np.int64)
+        return (labels, np.zeros(size, dtype=np.uint8)) if with_score else labels
+    normed = up / up.max()
+    scores = F.pad(normed, (0, 0, 0, 0, 1, 0), value=bg_thres)
+    labels = np.concatenate([[0], np.asarray(keys) + 1])[scores.argmax(dim=0).cpu().numpy()]
+    if not with_score:
+        return labels
+    return labels, (normed.amax(dim=0) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def pad_size(args):
+    """The side IRNet's input is padded to (0: none)."""
+    return args.irn_crop_size if args.sem_seg_pad_to == "crop" else args.sem_seg_pad_to
 
 
 def _work(worker_idx, ids, device, args):
@@ -94,10 +114,12 @@ def _work(worker_idx, ids, device, args):
                                 f"size {feat} of the {img.shape[:2]} image")
             pair = to_device(torch.from_numpy(scale_pyramid(img, (1.0,))[0]), device, channels_last)
             with autocast(device, args.amp):
-                edge = model.boundary_map(pair, pad_to=args.irn_crop_size).float()
+                edge = model.boundary_map(pair, pad_to=pad_size(args)).float()
             cams = torch.from_numpy(record["cam"]).to(device)
-            mask = pseudo_mask(cams, record["keys"], edge, img.shape[:2], args).astype(np.uint8)
-            if args.save_palette:  # palette first: the plain mask marks the image as done
+            mask, score = pseudo_mask(cams, record["keys"], edge, img.shape[:2], args, with_score=True)
+            mask = mask.astype(np.uint8)
+            save_png(score_path(args, img_id), score)
+            if args.save_palette:  # score and palette first: the plain mask marks the image as done
                 save_png(palette_path(args, img_id), mask, palette=palette)
             save_png(mask_path(args, img_id), mask)
 
@@ -110,8 +132,9 @@ def run(args):
     provenance.prepare(args, "make_sem_seg", args.sem_seg_out_dir,
                        {"cam_source": args.ir_cam_source, "beta": args.beta, "exp_times": args.exp_times,
                         "sem_seg_power": args.sem_seg_power, "sem_seg_bg_thres": args.sem_seg_bg_thres,
-                        "pad_to": args.irn_crop_size},
-                       inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")])
+                        "pad_to": pad_size(args)},
+                       inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")],
+                       extra_outputs=[(args.sem_seg_score_dir, "dir")])
     todo = [i for i in ids if not is_done(args, i)]
     spec.check_ids(todo, "--infer_list", need_labels=False)
     if todo:

@@ -51,7 +51,8 @@ class AffinityDataset(ImageDataset):
     def load_ir_label(self, img_id, size):
         path = os.path.join(self.label_dir, img_id + ".png")
         if not os.path.isfile(path):
-            raise DataError(f"IR label {path} of image {img_id} is missing: run the cam_to_ir_label step first (--only cam_to_ir_label)")
+            raise DataError(f"IR label {path} of image {img_id} is missing: run the cam_to_ir_label step first "
+                            f"(--only cam_to_ir_label)")
         label = load_label_png(path)
         if label.shape != tuple(size):
             raise DataError(f"IR label {path} is {label.shape} but image {img_id} is {tuple(size)}; delete "

@@ -53,3 +53,7 @@ def save_random_classifier(path, num_classes=20, seed=0, calibrate_with=None):
     calibrate_batchnorm(model, [batch])
     save_checkpoint(str(path), model.state_dict(), num_classes=num_classes)
     return model
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one): python -m pytest -m cuda")

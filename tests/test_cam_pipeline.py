@@ -52,6 +52,24 @@ def test_outputs_written(tiny_run):
     assert os.path.isfile(os.path.join(args.work_dir, "run.log"))
 
 
+def test_eval_warns_about_flat_maps_and_a_sweep_edge(tiny_run, tmp_path):
+    from misc.fileio import save_cam_npz
+    from step.eval_cam import evaluate_cam_dir
+    args, ids = tiny_run
+    spec = voc.make_spec(args.voc12_root)
+    flat_dir = tmp_path / "flat"
+    for img_id in ids:  # every class map all zero: what a degenerate classifier gives
+        h, w = load_image_rgb(spec.image_path(img_id)).shape[:2]
+        n = int(spec.label(img_id).sum())
+        save_cam_npz(str(flat_dir / f"{img_id}.npz"), np.flatnonzero(spec.label(img_id)),
+                     np.zeros((n, (h + 3) // 4, (w + 3) // 4)), np.zeros((n, h, w)))
+    results = evaluate_cam_dir(args, str(flat_dir), ids, spec)
+    assert results["all_zero_class_maps"] == results["class_maps"] > 0
+    assert any("all zero" in w for w in results["warnings"])
+    # all-zero maps are background at every threshold: the first threshold wins the tie, an edge of the sweep
+    assert results["threshold"] == 0.20 and any("lower edge" in w for w in results["warnings"])
+
+
 def test_cam_file_format(tiny_run):
     args, ids = tiny_run
     spec = voc.make_spec(args.voc12_root)

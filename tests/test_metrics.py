@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from misc.metrics import ConfusionMatrix, scores_from_confusion
-from step.eval_cam import ThresholdSweep, seed_prediction, seed_scores
+from step.eval_cam import ThresholdSweep, seed_prediction, seed_scores, summarize
 
 
 def test_confusion_counts_and_ignores_void():
@@ -26,6 +26,17 @@ def test_scores_hand_computed():
     assert s["precision"] == pytest.approx(0.5)
     assert s["recall"] == pytest.approx(2 / 3)
     assert s["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+
+
+def test_among_predfg_bg_counts_only_ground_truth_background():
+    # rows gt, cols pred; predicted foreground = columns 1 and 2 = 2 + 3 + 4 + 1 + 5 + 1 = 16 pixels
+    mat = np.array([[10, 2, 1],    # gt background: 3 pixels predicted foreground
+                    [0, 3, 4],     # gt class 1: 4 predicted as class 2 (wrong class, but not background)
+                    [1, 1, 5]])
+    out = summarize(mat, ("background", "a", "b"))
+    assert out["among_predfg_bg"] == pytest.approx(100 * 3 / 16)  # the official share: 18.75 %
+    # the old formula counted every wrongly classed foreground pixel: (16 - 8) / 16 = 50 %
+    assert out["among_predfg_bg"] != pytest.approx(100 * (16 - 8) / 16)
 
 
 def test_absent_class_is_nan_and_skipped_by_the_mean():

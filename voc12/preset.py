@@ -21,4 +21,15 @@ PRESET = {
     "conf_bg_thres": 0.17,
     "sem_seg_bg_thres": 0.27,
     "sem_seg_power": 1.3,
+    "sem_seg_pad_to": "crop",  # IRN's EdgeDisplacement pads VOC images to the 512 training crop
+    # DeepLab-v2 stage (appendix S1: 30K iterations, lr 2.0e-4, re-training; deeplab-pytorch voc12.yaml: crop 321,
+    # scales 0.5..1.5); trained on train_aug, scored on val
+    "seg_train_list": os.path.join(_HERE, "train_aug.txt"),
+    "seg_infer_list": os.path.join(_HERE, "val.txt"),
+    "seg_eval_list": os.path.join(_HERE, "val.txt"),
+    "seg_num_iters": 30000,
+    "seg_learning_rate": 2.0e-4,
+    "seg_crop_size": 321,
+    "seg_scales": "0.5,0.75,1.0,1.25,1.5",
+    "seg_retrain": True,
 }

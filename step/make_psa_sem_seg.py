@@ -1,0 +1,122 @@
+"""Step make_psa_sem_seg: pseudo masks by PSA's random walk of the CAM on AffinityNet's affinities (PSA's
+infer_aff.py).
+
+For each image of --infer_list:
+1. features: AffinityNet on the image zero-padded (= mean colour) at the bottom/right to multiples of 8, one
+   scale, no flip -> (448, ceil(H/8), ceil(W/8));
+2. affinity of the pairs within radius 5: exp(-mean |f_i - f_j|), raised to --psa_beta (8); T = the affinity
+   with self-affinity 1, columns normalised;
+3. scores: [(1 - max CAM)^--psa_alpha (16), CAMs] from the full-resolution `high_res` of result/cam or
+   result/cam_rib (--psa_cam_source), zero-padded to multiples of 8 and averaged over 8x8 blocks;
+4. walk = scores T^(2^--psa_logt) (2^8 = 256 steps), as 256 stencil products instead of PSA's dense (hw)^2
+   squaring (misc/psa.py; same result, no (hw)^2 matrix);
+5. bilinear upsampling x8, crop to H x W, argmax over [background, image classes].
+Writes result/sem_seg_psa/<id>.png (uint8 0..C) and, with --save_palette, <id>_palette.png, and
+result/sem_seg_psa_score/<id>.png: uint8 round(255 x max over the image's classes of the walk / its global max),
+the confidence make_sem_seg writes for IRN (make_seg_labels' round-one rule reads it; PSA has no such score).
+One worker per GPU (and torchrun shards), --num_workers processes on CPU; finished images are skipped.
+"""
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import dist, imutils, provenance, psa
+from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
+from misc.datasets import build_spec, load_id_list
+from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
+from misc.torchutils import autocast, set_cpu_threads, to_device
+from net.affinitynet import load_affinity_net
+
+log = logging.getLogger(__name__)
+
+
+def mask_path(args, img_id):
+    return os.path.join(args.sem_seg_psa_out_dir, img_id + ".png")
+
+
+def palette_path(args, img_id):
+    return os.path.join(args.sem_seg_psa_out_dir, img_id + "_palette.png")
+
+
+def score_path(args, img_id):
+    return os.path.join(args.sem_seg_psa_score_dir, img_id + ".png")
+
+
+def is_done(args, img_id):
+    return os.path.isfile(mask_path(args, img_id)) and os.path.isfile(score_path(args, img_id)) and \
+        (not args.save_palette or os.path.isfile(palette_path(args, img_id)))
+
+
+@torch.no_grad()
+def affinity_features(model, img, device, channels_last=False, amp=True):
+    """AffinityNet features (448, ceil(H/8), ceil(W/8)) float32 of a uint8 (H, W, 3) image, padded with zeros
+    after normalisation (PSA's infer_aff.py)."""
+    h, w = img.shape[:2]
+    x = torch.from_numpy(imutils.hwc_to_chw(imutils.normalize(img)))[None]
+    x = F.pad(x, (0, -w % psa.FEATURE_STRIDE, 0, -h % psa.FEATURE_STRIDE))
+    with autocast(device, amp):
+        return model(to_device(x, device, channels_last))[0].float()
+
+
+def _work(worker_idx, ids, device, args):
+    if not ids:
+        return
+    if device == "cpu":
+        set_cpu_threads(max(1, args.num_workers))
+    else:
+        torch.cuda.set_device(device)
+    spec = build_spec(args)
+    cam_dir = source_dir(args, args.psa_cam_source)
+    made_by = CAM_SOURCE_STEPS[args.psa_cam_source]
+    model = load_affinity_net(args.psa_aff_weights_path, args.psa_backbone, spec.num_classes, device)
+    channels_last = str(device).startswith("cuda") and args.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    palette = imutils.color_palette()
+    with torch.inference_mode():
+        for img_id in tqdm(ids, desc=f"make_psa_sem_seg[{worker_idx}]", position=worker_idx):
+            img = load_image_rgb(spec.image_path(img_id))
+            record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+            check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+            features = affinity_features(model, img, device, channels_last, args.amp)
+            high_res = torch.from_numpy(record["high_res"]).to(device)
+            mask, score = psa.psa_pseudo_mask(high_res, record["keys"], features, img.shape[:2], args.psa_alpha,
+                                              args.psa_beta, args.psa_logt, with_score=True)
+            mask = mask.astype(np.uint8)
+            save_png(score_path(args, img_id), score)
+            if args.save_palette:  # score and palette first: the plain mask marks the image as done
+                save_png(palette_path(args, img_id), mask, palette=palette)
+            save_png(mask_path(args, img_id), mask)
+
+
+def run(args):
+    spec = build_spec(args)
+    ids = load_id_list(args.infer_list, "--infer_list")
+    cam_dir = source_dir(args, args.psa_cam_source)
+    check_writable_dir(args.sem_seg_psa_out_dir, "--work_dir")
+    provenance.prepare(args, "make_psa_sem_seg", args.sem_seg_psa_out_dir,
+                       {"cam_source": args.psa_cam_source, "alpha": args.psa_alpha, "beta": args.psa_beta,
+                        "logt": args.psa_logt, "backbone": args.psa_backbone},
+                       inputs=[("cams", cam_dir, "dir"), ("affinitynet", args.psa_aff_weights_path, "file")],
+                       extra_outputs=[(args.sem_seg_psa_score_dir, "dir")])
+    todo = [i for i in ids if not is_done(args, i)]
+    spec.check_ids(todo, "--infer_list", need_labels=False)
+    if todo:
+        check_cam_files(cam_dir, todo, args.psa_cam_source, flag="--psa_cam_source")
+        load_affinity_net(args.psa_aff_weights_path, args.psa_backbone, spec.num_classes)  # fail before spawning
+    log.info("make_psa_sem_seg from %s (alpha %g, beta %g, 2^%d steps): %d of %d images to do (%d already done)",
+             cam_dir, args.psa_alpha, args.psa_beta, args.psa_logt, len(todo), len(ids), len(ids) - len(todo))
+    start = time.perf_counter()
+    on_cuda = str(args.device).startswith("cuda")
+    devices = dist.local_devices(args.device, 0 if on_cuda else max(1, min(args.num_workers, len(todo))))
+    if todo:
+        dist.run_sharded(_work, todo, args, devices)
+    elapsed = time.perf_counter() - start
+    log.info("make_psa_sem_seg: %d images in %.1f s (%.2f s/image)", len(todo), elapsed,
+             elapsed / max(len(todo), 1))
+    return len(todo)
