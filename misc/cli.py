@@ -5,7 +5,13 @@ import re
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's example commands as written and shows every default next to its help."""
+    """Keeps the description's example commands as written and shows every default next to its help (unless the
+    help already says where the default comes from)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,34 +1,58 @@
 """Reproducible CPU numbers for the demo and the toy experiment.
 
-float32 convolutions and matrix products round differently on different CPUs: oneDNN, MKL and ATen pick AVX2 or
-AVX-512 kernels (and split reductions by thread count), and training amplifies the last-bit differences until
-they show in the second decimal of an mIoU or an HGR. Pinning the kernels to the AVX2 level (which every x86-64
-CPU of the last decade has) and the thread count makes the same command print the same numbers on any such
-machine. The variables are read when torch's libraries start, so a process that does not have them yet sets them
-and re-executes itself (once, before any work).
+float32 convolutions and matrix products round differently with different kernels: oneDNN, MKL and ATen pick
+AVX2, AVX-512 or AMX code (and split reductions by thread count), and training amplifies the last-bit
+differences until they show in the second decimal of an mIoU or an HGR. Pinning the kernel family and the thread
+count makes the same command print the same numbers on every CPU of that family. The family is AVX-512 (without
+AMX) where the CPU has it (the numbers in the README were made so, and AVX2 kernels made the demo 1.5x slower
+there), AVX2 otherwise; other architectures only get the thread count. The variables are read when torch's
+libraries start, so a process that does not have them yet sets them and re-executes itself (once, before any
+work).
 """
 import os
+import platform
 import sys
 
-PINNED_ENV = {
-    "ONEDNN_MAX_CPU_ISA": "AVX2",   # oneDNN (convolutions): no AVX-512 / AMX kernels
-    "ATEN_CPU_CAPABILITY": "avx2",  # ATen's own vectorised kernels
-    "MKL_CBWR": "AVX2",             # MKL's conditional numerical reproducibility (matrix products)
-    "OMP_NUM_THREADS": "2",         # reductions are split by thread count
-}
+AVX512_CORE_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
 
 
-def pinned():
-    return all(os.environ.get(k) == v for k, v in PINNED_ENV.items())
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def pinned_env():
+    env = {"OMP_NUM_THREADS": "2"}  # reductions are split by thread count
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return env
+    flags = cpu_flags()
+    if all(f in flags for f in AVX512_CORE_FLAGS):
+        env.update(ONEDNN_MAX_CPU_ISA="AVX512_CORE",  # oneDNN (convolutions): no AMX / VNNI-bf16 kernels
+                   ATEN_CPU_CAPABILITY="avx512",      # ATen's own vectorised kernels
+                   MKL_CBWR="AVX512")                 # MKL's conditional numerical reproducibility
+    else:
+        env.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2")
+    return env
+
+
+def pinned(env=None):
+    env = pinned_env() if env is None else env
+    return all(os.environ.get(k) == v for k, v in env.items())
 
 
 def reexec_pinned(argv=None):
-    """Re-execute this Python command with PINNED_ENV unless it already runs with it (or REPRO_CPU_KERNELS=native
+    """Re-execute this Python command with pinned_env() unless it already runs with it (or REPRO_CPU_KERNELS=native
     asks for the machine's own kernels)."""
-    if pinned() or os.environ.get("REPRO_CPU_KERNELS") == "native":
+    env = pinned_env()
+    if pinned(env) or os.environ.get("REPRO_CPU_KERNELS") == "native":
         return
-    env = {**os.environ, **PINNED_ENV}
     argv = sys.argv if argv is None else argv
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable] + list(argv), env)
+    os.execve(sys.executable, [sys.executable] + list(argv), {**os.environ, **env})

@@ -101,8 +101,9 @@ def resnet101(strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4)):
 
 def load_backbone_weights(model, spec, arch="resnet50", flag="--backbone_weights"):
     """Fill `model` (a ResNet) from `spec` = 'none' (keep random init), 'imagenet' (download torchvision's weights
-    into the torch hub cache; only when asked) or a path to a torchvision-format state dict. `flag` names the
-    option in error messages."""
+    into the torch hub cache; only when asked) or a path: a torchvision-format state dict, or a checkpoint of this
+    project whose network holds the ResNet as `backbone.` (e.g. the classifier sess/res50_cam.pth: the demo,
+    without ImageNet weights, starts DeepLab from the classifier it trained). `flag` names the option in errors."""
     if spec is None or spec == "none":
         return model
     if spec == "imagenet":
@@ -122,6 +123,8 @@ def load_backbone_weights(model, spec, arch="resnet50", flag="--backbone_weights
             raise DataError(f"{flag} {spec} is not a loadable state dict ({e})") from e
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if any(k.startswith("backbone.") for k in state):  # a project checkpoint: its backbone only
+            state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

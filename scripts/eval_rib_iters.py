@@ -1,6 +1,6 @@
 """Seed mIoU of the RIB CAM after each iteration k (paper Fig. 5), from one run with --rib_save_iters true.
 
-    python run_sample.py ... --rib_pass true --rib_save_iters true          # writes result/cam_rib_iters/k00..kK
+    python run_sample.py ... --only rib --rib_save_iters true               # writes result/cam_rib_iters/k00..kK
     python scripts/eval_rib_iters.py --voc12_root VOC2012 --work_dir W --eval_list voc12/train.txt
 
 Folder k<k> holds M_k = sum_{j<=k} CAM(x; theta_j) of the run (k00 = the initial classifier's CAM, i.e. the

@@ -247,6 +247,11 @@ def test_backbone_weights_path_offline_and_bad_files(tmp_path, monkeypatch):
     model = Net(20, backbone_weights=str(path))
     torch.testing.assert_close(model.backbone.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
     torch.testing.assert_close(model.backbone.bn1.running_var, source.bn1.running_var)
+    # a project checkpoint (the classifier): its `backbone.` entries fill the ResNet, the classifier is dropped
+    classifier = Net(20, backbone_weights=str(path))
+    torch.save(classifier.state_dict(), tmp_path / "res50_cam.pth")
+    deeplab_backbone = rn.load_backbone_weights(rn.resnet50(), str(tmp_path / "res50_cam.pth"))
+    torch.testing.assert_close(deeplab_backbone.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
     with pytest.raises(DataError, match="no such file"):
         Net(20, backbone_weights=str(tmp_path / "missing.pth"))
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")

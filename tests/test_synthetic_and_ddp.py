@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import REPO
@@ -50,3 +51,22 @@ def test_train_cam_under_torchrun_ddp(tmp_path):
     assert "2 process(es)" in out.stderr
     ckpt = torch.load(work / "sess" / "res50_cam.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_demo_kernel_pinning_follows_the_cpu(monkeypatch):
+    from misc import cpu_kernels
+    monkeypatch.setattr(cpu_kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"})
+    assert cpu_kernels.pinned_env()["ATEN_CPU_CAPABILITY"] == "avx512"
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: {"avx2", "avx512f"})  # no full AVX512_CORE: AVX2
+    env = cpu_kernels.pinned_env()
+    assert (env["ONEDNN_MAX_CPU_ISA"], env["ATEN_CPU_CAPABILITY"], env["MKL_CBWR"]) == ("AVX2", "avx2", "AVX2")
+    monkeypatch.setattr(cpu_kernels.platform, "machine", lambda: "aarch64")
+    assert cpu_kernels.pinned_env() == {"OMP_NUM_THREADS": "2"}
+    # a process already running with the pinned values is not re-executed
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(cpu_kernels.os, "execve", lambda *a: (_ for _ in ()).throw(AssertionError("re-executed")))
+    cpu_kernels.reexec_pinned(["x"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(AssertionError, match="re-executed"):
+        cpu_kernels.reexec_pinned(["x"])
