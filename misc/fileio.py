@@ -118,6 +118,35 @@ def save_png(path, array, palette=None):
         img.save(tmp, format="PNG")
 
 
+class PseudoMaskFiles:
+    """The per-image files of a pseudo-mask step (IRN's or PSA's walk): <out_dir>/<id>.png (0..C), with
+    save_palette also <id>_palette.png, and the walk's score <score_dir>/<id>.png. The plain mask is written last,
+    so its presence marks the image as done."""
+
+    def __init__(self, out_dir, score_dir, save_palette):
+        self.out_dir, self.score_dir, self.save_palette = out_dir, score_dir, save_palette
+
+    def mask(self, img_id):
+        return os.path.join(self.out_dir, img_id + ".png")
+
+    def palette(self, img_id):
+        return os.path.join(self.out_dir, img_id + "_palette.png")
+
+    def score(self, img_id):
+        return os.path.join(self.score_dir, img_id + ".png")
+
+    def is_done(self, img_id):
+        return os.path.isfile(self.mask(img_id)) and os.path.isfile(self.score(img_id)) and \
+            (not self.save_palette or os.path.isfile(self.palette(img_id)))
+
+    def write(self, img_id, mask, score, palette):
+        mask = mask.astype(np.uint8)
+        save_png(self.score(img_id), score)
+        if self.save_palette:
+            save_png(self.palette(img_id), mask, palette=palette)
+        save_png(self.mask(img_id), mask)
+
+
 def save_npz(path, **arrays):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -20,7 +20,6 @@ import logging
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -28,28 +27,15 @@ from tqdm import tqdm
 from misc import dist, imutils, provenance, psa
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
+from misc.fileio import PseudoMaskFiles, check_writable_dir, load_cam_npz, load_image_rgb
 from misc.torchutils import autocast, set_cpu_threads, to_device
 from net.affinitynet import load_affinity_net
 
 log = logging.getLogger(__name__)
 
 
-def mask_path(args, img_id):
-    return os.path.join(args.sem_seg_psa_out_dir, img_id + ".png")
-
-
-def palette_path(args, img_id):
-    return os.path.join(args.sem_seg_psa_out_dir, img_id + "_palette.png")
-
-
-def score_path(args, img_id):
-    return os.path.join(args.sem_seg_psa_score_dir, img_id + ".png")
-
-
-def is_done(args, img_id):
-    return os.path.isfile(mask_path(args, img_id)) and os.path.isfile(score_path(args, img_id)) and \
-        (not args.save_palette or os.path.isfile(palette_path(args, img_id)))
+def output_files(args):
+    return PseudoMaskFiles(args.sem_seg_psa_out_dir, args.sem_seg_psa_score_dir, args.save_palette)
 
 
 @torch.no_grad()
@@ -78,6 +64,7 @@ def _work(worker_idx, ids, device, args):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     palette = imutils.color_palette()
+    files = output_files(args)
     with torch.inference_mode():
         for img_id in tqdm(ids, desc=f"make_psa_sem_seg[{worker_idx}]", position=worker_idx):
             img = load_image_rgb(spec.image_path(img_id))
@@ -87,11 +74,7 @@ def _work(worker_idx, ids, device, args):
             high_res = torch.from_numpy(record["high_res"]).to(device)
             mask, score = psa.psa_pseudo_mask(high_res, record["keys"], features, img.shape[:2], args.psa_alpha,
                                               args.psa_beta, args.psa_logt, with_score=True)
-            mask = mask.astype(np.uint8)
-            save_png(score_path(args, img_id), score)
-            if args.save_palette:  # score and palette first: the plain mask marks the image as done
-                save_png(palette_path(args, img_id), mask, palette=palette)
-            save_png(mask_path(args, img_id), mask)
+            files.write(img_id, mask, score, palette)
 
 
 def run(args):
@@ -104,7 +87,8 @@ def run(args):
                         "logt": args.psa_logt, "backbone": args.psa_backbone},
                        inputs=[("cams", cam_dir, "dir"), ("affinitynet", args.psa_aff_weights_path, "file")],
                        extra_outputs=[(args.sem_seg_psa_score_dir, "dir")])
-    todo = [i for i in ids if not is_done(args, i)]
+    files = output_files(args)
+    todo = [i for i in ids if not files.is_done(i)]
     spec.check_ids(todo, "--infer_list", need_labels=False)
     if todo:
         check_cam_files(cam_dir, todo, args.psa_cam_source, flag="--psa_cam_source")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from misc import dist, imutils, indexing, provenance
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb, save_png
+from misc.fileio import DataError, PseudoMaskFiles, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb
 from misc.imutils import scale_pyramid
 from misc.torchutils import autocast, set_cpu_threads, to_device
 from net.resnet50_irn import load_irnet
@@ -38,21 +38,8 @@ log = logging.getLogger(__name__)
 WALK_RADIUS = 5  # IRN's radius for the random walk (training uses 10)
 
 
-def mask_path(args, img_id):
-    return os.path.join(args.sem_seg_out_dir, img_id + ".png")
-
-
-def palette_path(args, img_id):
-    return os.path.join(args.sem_seg_out_dir, img_id + "_palette.png")
-
-
-def score_path(args, img_id):
-    return os.path.join(args.sem_seg_score_dir, img_id + ".png")
-
-
-def is_done(args, img_id):
-    return os.path.isfile(mask_path(args, img_id)) and os.path.isfile(score_path(args, img_id)) and \
-        (not args.save_palette or os.path.isfile(palette_path(args, img_id)))
+def output_files(args):
+    return PseudoMaskFiles(args.sem_seg_out_dir, args.sem_seg_score_dir, args.save_palette)
 
 
 def pseudo_mask(cams, keys, edge, size, args, lean=True, with_score=False):
@@ -103,6 +90,7 @@ def _work(worker_idx, ids, device, args):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     palette = imutils.color_palette()
+    files = output_files(args)
     with torch.inference_mode():
         for img_id in tqdm(ids, desc=f"make_sem_seg[{worker_idx}]", position=worker_idx):
             img = load_image_rgb(spec.image_path(img_id))
@@ -117,11 +105,7 @@ def _work(worker_idx, ids, device, args):
                 edge = model.boundary_map(pair, pad_to=pad_size(args)).float()
             cams = torch.from_numpy(record["cam"]).to(device)
             mask, score = pseudo_mask(cams, record["keys"], edge, img.shape[:2], args, with_score=True)
-            mask = mask.astype(np.uint8)
-            save_png(score_path(args, img_id), score)
-            if args.save_palette:  # score and palette first: the plain mask marks the image as done
-                save_png(palette_path(args, img_id), mask, palette=palette)
-            save_png(mask_path(args, img_id), mask)
+            files.write(img_id, mask, score, palette)
 
 
 def run(args):
@@ -135,7 +119,8 @@ def run(args):
                         "pad_to": pad_size(args)},
                        inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")],
                        extra_outputs=[(args.sem_seg_score_dir, "dir")])
-    todo = [i for i in ids if not is_done(args, i)]
+    files = output_files(args)
+    todo = [i for i in ids if not files.is_done(i)]
     spec.check_ids(todo, "--infer_list", need_labels=False)
     if todo:
         check_cam_files(cam_dir, todo, args.ir_cam_source)
