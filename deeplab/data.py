@@ -16,7 +16,7 @@ from torch.utils.data import Sampler
 
 from misc import imutils
 from misc.datasets import IGNORE, ImageDataset
-from misc.fileio import DataError, load_label_png
+from misc.fileio import load_step_label
 
 
 def segmentation_augment(img, label, crop_size, scales, rng, hflip=True):
@@ -41,22 +41,6 @@ def segmentation_augment(img, label, crop_size, scales, rng, hflip=True):
     return imutils.hwc_to_chw(img), np.ascontiguousarray(label, dtype=np.uint8)
 
 
-def load_seg_label(path, img_id, image_size, num_classes, made_by):
-    """A training label PNG (0..C, 255), checked against the image size and the class count."""
-    if not os.path.isfile(path):
-        raise DataError(f"training label {path} of image {img_id} is missing: run the {made_by} step first "
-                        f"(--only {made_by})")
-    label = load_label_png(path)
-    if label.shape != tuple(image_size):
-        raise DataError(f"training label {path} is {label.shape[0]}x{label.shape[1]} but its image is "
-                        f"{image_size[0]}x{image_size[1]}; remake the labels with --overwrite {made_by}")
-    bad = (label > num_classes) & (label != IGNORE)
-    if bad.any():
-        raise DataError(f"training label {path} has value {int(label[bad].max())}, above the {num_classes} classes "
-                        f"(0..{num_classes}, 255 = ignore); remake the labels with --overwrite {made_by}")
-    return label.astype(np.uint8)
-
-
 class SegmentationTrainDataset(ImageDataset):
     """Items are addressed by (index, stream position): the position seeds the sample's augmentation, so a batch
     is the same whatever the number of loader workers and whether the run was resumed."""
@@ -73,8 +57,8 @@ class SegmentationTrainDataset(ImageDataset):
         idx, position = key if isinstance(key, tuple) else (key, key)
         img_id = self.ids[idx]
         img = self.load_image(idx)
-        label = load_seg_label(os.path.join(self.label_dir, img_id + ".png"), img_id, img.shape[:2],
-                               self.spec.num_classes, self.made_by)
+        label = load_step_label(os.path.join(self.label_dir, img_id + ".png"), img_id, img.shape[:2],
+                                self.made_by, "training label", self.spec.num_classes)
         rng = np.random.default_rng([self.seed, int(position)])
         img, label = segmentation_augment(img, label, self.crop_size, self.scales, rng)
         return {"img": torch.from_numpy(img), "label": torch.from_numpy(label)}

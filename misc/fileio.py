@@ -244,6 +244,27 @@ def load_label_png(path):
         raise DataError(f"label map {path} is corrupt ({e})") from e
 
 
+def load_step_label(path, img_id, image_size, made_by, what="label map", num_classes=None):
+    """A class-index PNG that the step `made_by` wrote for image `img_id` (IR, PSA or training labels, pseudo masks,
+    walk scores), checked before use: it exists, has the image's size and, given num_classes, holds only 0..C and
+    255. Each failure is one line naming the file and the step to (re)run. Returns uint8 (H, W)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} {path} of image {img_id} is missing: run the {made_by} step first "
+                        f"(--only {made_by})")
+    label = load_label_png(path)
+    h, w = image_size
+    if label.shape != (h, w):
+        raise DataError(f"{what} {path} is {label.shape[0]}x{label.shape[1]} but image {img_id} is {h}x{w}; "
+                        f"remake it with --overwrite {made_by}")
+    if num_classes is not None:
+        bad = (label > num_classes) & (label != 255)
+        if bad.any():
+            raise DataError(f"{what} {path} has value {int(label[bad].max())}, above the {num_classes} classes "
+                            f"(0..{num_classes}, 255 = ignore): a label of another dataset? Remake it with "
+                            f"--overwrite {made_by}")
+    return label.astype(np.uint8)
+
+
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 

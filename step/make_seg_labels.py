@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from misc import dist, provenance
 from misc.datasets import IGNORE, build_spec, load_id_list
-from misc.fileio import DataError, check_writable_dir, load_label_png, save_png
+from misc.fileio import DataError, check_writable_dir, load_step_label, save_png
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +65,6 @@ def load_saliency(path, img_id, size):
     return sal
 
 
-def load_mask(path, img_id, size, num_classes, made_by, what="pseudo mask"):
-    mask = load_label_png(path)
-    if mask.shape != tuple(size):
-        raise DataError(f"{what} {path} is {mask.shape[0]}x{mask.shape[1]} but image {img_id} is "
-                        f"{size[0]}x{size[1]}; remake it with --overwrite {made_by}")
-    bad = (mask > num_classes) & (mask != IGNORE)
-    if bad.any():
-        raise DataError(f"{what} {path} has value {int(mask[bad].max())}, above the {num_classes} classes "
-                        f"(0..{num_classes}, 255 = ignore): a mask of another dataset? Remake it with "
-                        f"--overwrite {made_by}")
-    return mask
-
-
 def image_size(spec, img_id):
     with Image.open(spec.image_path(img_id)) as img:
         return img.size[1], img.size[0]
@@ -111,14 +98,15 @@ def check_inputs(args, ids, rule, made_by):
 
 def make_label(args, spec, img_id, rule, made_by):
     size = image_size(spec, img_id)
-    mask = load_mask(os.path.join(args.pseudo_mask_dir, img_id + ".png"), img_id, size, spec.num_classes, made_by)
+    mask = load_step_label(os.path.join(args.pseudo_mask_dir, img_id + ".png"), img_id, size, made_by,
+                           "pseudo mask", spec.num_classes)
     if rule == "plain":
-        return mask.astype(np.uint8)
+        return mask
     if rule == "saliency":
         sal = load_saliency(os.path.join(args.seg_saliency_dir, img_id + ".png"), img_id, size)
         return saliency_label(mask, sal, args.seg_saliency_thres)
-    score = load_mask(os.path.join(args.pseudo_score_dir, img_id + ".png"), img_id, size, 255, made_by,
-                      "walk score")
+    score = load_step_label(os.path.join(args.pseudo_score_dir, img_id + ".png"), img_id, size, made_by,
+                            "walk score")
     return round_one_label(mask, score, args.seg_retrain_fg, args.seg_retrain_bg)
 
 

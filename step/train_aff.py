@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from misc import dist, imutils, indexing, provenance, psa
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
-from misc.fileio import DataError, load_label_png, save_checkpoint
+from misc.fileio import DataError, load_step_label, save_checkpoint
 from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
 from net.affinitynet import CHECKPOINT_KIND, AffinityNet, load_affinity_net
 from net.resnet50 import calibrate_batchnorm
@@ -61,21 +61,11 @@ class PsaAffinityDataset(ImageDataset):
         grid = imutils.strided_size((crop_size, crop_size), psa.FEATURE_STRIDE)
         self.src, self.dst = psa.pair_indices(radius, grid)
 
-    def load_psa_label(self, img_id, size):
-        path = os.path.join(self.label_dir, img_id + ".png")
-        if not os.path.isfile(path):
-            raise DataError(f"PSA label {path} of image {img_id} is missing: run the cam_to_psa_label step first "
-                            f"(--only cam_to_psa_label)")
-        label = load_label_png(path)
-        if label.shape != tuple(size):
-            raise DataError(f"PSA label {path} is {label.shape} but image {img_id} is {tuple(size)}; remake the "
-                            f"labels with --overwrite cam_to_psa_label")
-        return label.astype(np.uint8)
-
     def __getitem__(self, idx):
         img_id = self.ids[idx]
         img = self.load_image(idx)
-        label = self.load_psa_label(img_id, img.shape[:2])
+        label = load_step_label(os.path.join(self.label_dir, img_id + ".png"), img_id, img.shape[:2],
+                                "cam_to_psa_label", "PSA label")
         rng = numpy_rng_from_torch()
         if self.color_jitter:
             img = psa.color_jitter(img, rng)

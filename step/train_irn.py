@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from misc import dist, imutils, indexing, provenance
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
-from misc.fileio import DataError, load_label_png, save_checkpoint
+from misc.fileio import DataError, load_step_label, save_checkpoint
 from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
 from net.resnet50 import calibrate_batchnorm
 from net.resnet50_irn import AffinityDisplacementLoss, IRNet, load_irnet
@@ -48,21 +48,11 @@ class AffinityDataset(ImageDataset):
         self.scale_range = scale_range
         self.hflip = hflip
 
-    def load_ir_label(self, img_id, size):
-        path = os.path.join(self.label_dir, img_id + ".png")
-        if not os.path.isfile(path):
-            raise DataError(f"IR label {path} of image {img_id} is missing: run the cam_to_ir_label step first "
-                            f"(--only cam_to_ir_label)")
-        label = load_label_png(path)
-        if label.shape != tuple(size):
-            raise DataError(f"IR label {path} is {label.shape} but image {img_id} is {tuple(size)}; delete "
-                            f"{self.label_dir} and rerun cam_to_ir_label")
-        return label.astype(np.uint8)
-
     def __getitem__(self, idx):
         img_id = self.ids[idx]
         img = self.load_image(idx)
-        label = self.load_ir_label(img_id, img.shape[:2])
+        label = load_step_label(os.path.join(self.label_dir, img_id + ".png"), img_id, img.shape[:2],
+                                "cam_to_ir_label", "IR label")
         rng = numpy_rng_from_torch()
         scale = rng.uniform(*self.scale_range)
         img = imutils.rescale(img, scale)
