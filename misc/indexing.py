@@ -243,15 +243,23 @@ def random_walk_lean(x, edge, radius=5, beta=10.0, exp_times=8, dtype=torch.floa
     offsets, aff = affinity_stencil(edge, radius)
     weights = aff.pow(beta)
     weights = weights / weights.sum(dim=0, keepdim=True)  # row sums of A = its column sums
+    walk = stencil_walk(x * (1 - edge), offsets, weights, radius, 2 ** exp_times)
+    return walk.to(out_dtype).view(c, 1, h, w)
+
+
+def stencil_walk(y, offsets, weights, radius, steps):
+    """`steps` times y <- sum_k weights[k] * (y shifted by offsets[k], zero outside the grid), for y (C, h, w):
+    y @ T**steps without the dense matrix, T the transition whose rows are the stencil `weights` (K, h, w).
+    Shared by IRN's and PSA's lean walks."""
+    h, w = y.shape[-2:]
     rf = int(radius) - 1
-    walk = x * (1 - edge)
-    for _ in range(2 ** exp_times):
-        padded = F.pad(walk, (rf, rf, rf, rf))
-        nxt = torch.zeros_like(walk)
+    for _ in range(steps):
+        padded = F.pad(y, (rf, rf, rf, rf))
+        nxt = torch.zeros_like(y)
         for (dy, dx), wk in zip(offsets, weights):
             nxt.addcmul_(padded[:, rf + dy:rf + dy + h, rf + dx:rf + dx + w], wk)
-        walk = nxt
-    return walk.to(out_dtype).view(c, 1, h, w)
+        y = nxt
+    return y
 
 
 def propagate_to_edge(x, edge, radius=5, beta=10.0, exp_times=8, lean=True):

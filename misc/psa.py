@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
-from misc.indexing import search_directions, shift
+from misc.indexing import search_directions, shift, stencil_walk
 
 RADIUS = 5  # pair radius of training and of the walk (official: 5, fixed in train_aff.py and resnet38_aff.py)
 FEATURE_STRIDE = 8  # AffinityNet's output stride; labels are reduced and CAMs pooled by this factor
@@ -238,19 +238,10 @@ def random_walk_lean(x, features, radius=RADIUS, beta=8.0, logt=8, dtype=torch.f
     """Same result as `random_walk_dense` without a dense matrix: x T^n = (D^-1 A)^n x with A symmetric and D its
     row sums = column sums, applied n = 2^logt times as a 69-offset stencil (radius 5). Memory: K + 2 grids
     per score map; accumulated in float64 (256 float32 steps drift more than the dense float32 squaring)."""
-    k, h, w = x.shape
     offsets, aff = affinity_stencil(features.float(), radius)
     weights = aff.to(dtype).pow(beta)
     weights = weights / weights.sum(dim=0, keepdim=True)
-    pad = int(radius) - 1
-    walk = x.to(dtype)
-    for _ in range(2 ** logt):
-        padded = F.pad(walk, (pad, pad, pad, pad))
-        nxt = torch.zeros_like(walk)
-        for (dy, dx), wk in zip(offsets, weights):
-            nxt.addcmul_(padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w], wk)
-        walk = nxt
-    return walk.to(x.dtype)
+    return stencil_walk(x.to(dtype), offsets, weights, radius, 2 ** logt).to(x.dtype)
 
 
 def walk_to_labels(walk, keys, size, stride=FEATURE_STRIDE, with_score=False):
