@@ -23,7 +23,7 @@ from misc.datasets import IGNORE, build_spec
 from misc.fileio import (DataError, atomic_path, load_checkpoint, load_image_rgb, load_label_png, save_checkpoint,
                          save_png)
 from misc.metrics import ConfusionMatrix, scores_from_confusion
-from misc.torchutils import autocast, set_cpu_threads
+from misc.torchutils import autocast, bind_worker
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,7 @@ def _predict_worker(plan, worker_idx, ids, device, args):
     if not ids:
         return
     on_cuda = str(device).startswith("cuda")
-    if on_cuda:
-        torch.cuda.set_device(device)
-    else:
-        set_cpu_threads(1)
+    bind_worker(device, 1)
     spec = build_spec(args)
     model = load_deeplab(plan["model_path"], spec.num_classes + 1, args.seg_arch, plan["made_by"]).to(device)
     channels_last = on_cuda and args.channels_last

@@ -73,6 +73,16 @@ def to_device(x, device, channels_last=False):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def bind_worker(device, cpu_processes):
+    """Set up a worker process for `device`: make it the current CUDA device (when it names one), or on the CPU take
+    this worker's share of the cores, one of `cpu_processes` (set_cpu_threads)."""
+    if str(device).startswith("cuda"):
+        if torch.device(device).index is not None:
+            torch.cuda.set_device(torch.device(device))
+    else:
+        set_cpu_threads(cpu_processes)
+
+
 def set_cpu_threads(num_processes):
     """Threads of one of `num_processes` CPU workers: OMP_NUM_THREADS when set, else the cores split among them
     (no oversubscription). oneDNN's results depend on the thread count, so bit-identical CPU outputs across

@@ -28,7 +28,7 @@ from misc import dist, imutils, provenance, psa
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import PseudoMaskFiles, check_writable_dir, load_cam_npz, load_image_rgb
-from misc.torchutils import autocast, set_cpu_threads, to_device
+from misc.torchutils import autocast, bind_worker, to_device
 from net.affinitynet import load_affinity_net
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def affinity_features(model, img, device, channels_last=False, amp=True):
 def _work(worker_idx, ids, device, args):
     if not ids:
         return
-    if device == "cpu":
-        set_cpu_threads(max(1, args.num_workers))
-    else:
-        torch.cuda.set_device(device)
+    bind_worker(device, max(1, args.num_workers))
     spec = build_spec(args)
     cam_dir = source_dir(args, args.psa_cam_source)
     made_by = CAM_SOURCE_STEPS[args.psa_cam_source]

@@ -30,7 +30,7 @@ from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, 
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import DataError, PseudoMaskFiles, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb
 from misc.imutils import scale_pyramid
-from misc.torchutils import autocast, set_cpu_threads, to_device
+from misc.torchutils import autocast, bind_worker, to_device
 from net.resnet50_irn import load_irnet
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,7 @@ def pad_size(args):
 def _work(worker_idx, ids, device, args):
     if not ids:
         return
-    if device == "cpu":
-        set_cpu_threads(max(1, args.num_workers))
-    else:
-        torch.cuda.set_device(device)
+    bind_worker(device, max(1, args.num_workers))
     spec = build_spec(args)
     cam_dir = source_dir(args, args.ir_cam_source)
     made_by = CAM_SOURCE_STEPS[args.ir_cam_source]

@@ -34,7 +34,7 @@ from misc.datasets import build_spec, load_id_list
 from misc.fileio import DataError, check_writable_dir, load_image_rgb, save_cam_npz
 from misc.imutils import classification_augment, scale_pyramid, strided_size
 from misc.rib_losses import finetune_loss, gap_pool, gndrp_pool
-from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, set_cpu_threads, to_device
+from misc.torchutils import PolyOptimizer, autocast, bind_worker, poly_param_groups, to_device
 from net.resnet50_cam import flip_merged_cam, load_classifier
 
 log = logging.getLogger(__name__)
@@ -435,11 +435,8 @@ def _rib_worker(worker_idx, ids, device, args):
         runlog.setup(os.path.join(args.work_dir, "run.log"))
     cuda = str(device).startswith("cuda")
     threads = torch.get_num_threads()
-    if cuda:
-        if torch.device(device).index is not None:
-            torch.cuda.set_device(torch.device(device))
-    else:
-        set_cpu_threads(args.rib_num_local_workers)
+    bind_worker(device, args.rib_num_local_workers)
+    if not cuda:
         # Denormal floats (tiny activations, common in fine-tuned and random networks) take a slow CPU path:
         # measured 3-4x slower forwards here. Flushing them to zero changes nothing above 1e-38.
         torch.set_flush_denormal(True)

@@ -70,3 +70,22 @@ def test_demo_kernel_pinning_follows_the_cpu(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with pytest.raises(AssertionError, match="re-executed"):
         cpu_kernels.reexec_pinned(["x"])
+
+
+def test_bind_worker_sets_cpu_threads_or_the_named_cuda_device(monkeypatch):
+    from misc import torchutils
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torchutils.bind_worker("cpu", 2)
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        torchutils.bind_worker("cpu", 1)
+        assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(str(d)))
+    torchutils.bind_worker("cuda:1", 4)
+    torchutils.bind_worker("cuda", 4)  # no index: the current device stays
+    assert chosen == ["cuda:1"] and torch.get_num_threads() == before
