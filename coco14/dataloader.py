@@ -9,7 +9,7 @@ reproduced.
 """
 import os
 
-from misc.fileio import DataError
+from misc.errors import DataError
 
 CLASS_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",

@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from coco14.dataloader import (CLASS_NAMES, LABEL_FILE_NAME, LIST_NAMES, MASK_DIR_NAME, SPLITS,  # noqa: E402
                                annotation_path)
-from misc.fileio import DataError, save_png, save_text  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import save_png, save_text  # noqa: E402
 
 CROWD_RULES = ("background", "ignore")
 OVERLAP_RULES = ("last", "smallest")
@@ -265,11 +266,11 @@ def write_if_changed_labels(path, table, class_names):
 def check_recorded_rules(mask_dir, settings, overwrite):
     """Masks made with other rules (or from other JSONs) are never mixed with new ones: stop, naming the
     difference, unless --overwrite."""
-    from misc import provenance
-    record = provenance.read_record(mask_dir)
+    from misc import resume
+    record = resume.read_record(mask_dir)
     if overwrite or record is None or not any(n.endswith(".png") for n in os.listdir(mask_dir)):
         return
-    diff = provenance.differences(record.get("settings", {}), settings)
+    diff = resume.differences(record.get("settings", {}), settings)
     if diff:
         shown = "; ".join(f"{name} {json.dumps(a)[:40]} (now {json.dumps(b)[:40]})" for name, a, b in diff)
         raise DataError(f"the masks in {mask_dir} were made with other settings: {shown}. Pass --overwrite to "
@@ -292,7 +293,7 @@ def prepare(root, crowd="background", overlap="last", splits=SPLITS, workers=Non
     per-split image counts, images without annotations, crowd-only images and masks written.
 
     One split at a time: a parsed instances JSON is the memory peak (a few GB for train2014)."""
-    from misc import provenance
+    from misc import resume
     if crowd not in CROWD_RULES or overlap not in OVERLAP_RULES:
         raise DataError(f"--crowd must be one of {CROWD_RULES} and --overlap one of {OVERLAP_RULES}")
     if not os.path.isdir(root):
@@ -319,7 +320,7 @@ def prepare(root, crowd="background", overlap="last", splits=SPLITS, workers=Non
             check_recorded_rules(mask_dir, settings, overwrite)
             record_args = SimpleNamespace(overwrite=("prepare",) if overwrite else (), device="cpu",
                                           coco_root=root, crowd=crowd, overlap=overlap, splits=list(splits))
-            provenance.prepare(record_args, "prepare", mask_dir, settings)
+            resume.prepare(record_args, "prepare", mask_dir, settings)
         else:
             check_categories([first, (path, categories)])
         by_image = annotations_by_image(data, path, class_of)

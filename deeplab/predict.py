@@ -20,8 +20,8 @@ from tqdm import tqdm
 from deeplab.model import build_deeplab
 from misc import dist, imutils
 from misc.datasets import IGNORE, build_spec
-from misc.fileio import (DataError, atomic_path, load_checkpoint, load_image_rgb, load_label_png, save_checkpoint,
-                         save_png)
+from misc.errors import DataError
+from misc.fileio import atomic_path, load_checkpoint, load_image_rgb, load_label_png, save_checkpoint, save_png
 from misc.metrics import ConfusionMatrix, scores_from_confusion
 from misc.torchutils import autocast, bind_worker
 

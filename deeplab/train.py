@@ -21,9 +21,10 @@ from deeplab.data import IterationBatches, SegmentationTrainDataset, calibration
 from deeplab.losses import LOSSES, msc_loss
 from deeplab.model import build_deeplab, parameter_groups, poly_lr, set_lr
 from deeplab.predict import denormals_flushed, evaluate_model, load_deeplab, save_deeplab
-from misc import dist, provenance
+from misc import dist, resume
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, load_checkpoint, save_checkpoint
+from misc.errors import DataError
+from misc.fileio import load_checkpoint, save_checkpoint
 from misc.torchutils import autocast, seed_everything, set_cpu_threads, to_device
 from net.resnet50 import calibrate_batchnorm, load_backbone_weights
 
@@ -44,7 +45,7 @@ def resume_path(weights_path):
 def training_settings(args, spec, init):
     """The values that decide a DeepLab checkpoint (compared on every rerun and on resume)."""
     return {"classes": list(spec.class_names), "arch": args.seg_arch, "init": init,
-            "train_list": provenance.file_digest(args.seg_train_list), "iterations": args.seg_num_iters,
+            "train_list": resume.file_digest(args.seg_train_list), "iterations": args.seg_num_iters,
             "batch_size": args.seg_batch_size, "iter_size": args.seg_iter_size,
             "learning_rate": args.seg_learning_rate, "momentum": args.seg_momentum,
             "weight_decay": args.seg_weight_decay, "poly_power": args.seg_poly_power, "lr_step": args.seg_lr_step,
@@ -86,8 +87,8 @@ def damp_residual_branches(backbone, scale):
 
 
 def check_resume(ckpt, path, settings, inputs, step):
-    diff = provenance.differences(ckpt.get("settings", {}), settings)
-    diff += provenance.differences(ckpt.get("inputs", {}), inputs, prefix="input ")
+    diff = resume.differences(ckpt.get("settings", {}), settings)
+    diff += resume.differences(ckpt.get("inputs", {}), inputs, prefix="input ")
     if diff:
         shown = "; ".join(f"{name} {a} (now {b})" for name, a, b in diff[:8])
         raise DataError(f"resume checkpoint {path} (iteration {ckpt.get('iteration')}) comes from a run with other "
@@ -109,10 +110,10 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
     spec = build_spec(args)
     ids = load_id_list(args.seg_train_list, "--seg_train_list")
     settings = training_settings(args, spec, init)
-    resume = resume_path(weights_path)
+    resume_file = resume_path(weights_path)
     inputs = [("labels", label_dir, "dir")] + ([("round1", init_path, "file")] if init == "round1" else [])
-    record = provenance.prepare(args, step, weights_path, settings, inputs=inputs, kind="file",
-                                extra_outputs=[(resume, "file")])
+    record = resume.prepare(args, step, weights_path, settings, inputs=inputs, kind="file",
+                            extra_outputs=[(resume_file, "file")])
     if os.path.isfile(weights_path):
         load_deeplab(weights_path, spec.num_classes + 1, args.seg_arch, step)  # a broken file is reported now
         log.info("%s exists with the same settings: keeping it (--overwrite %s retrains)", weights_path, step)
@@ -130,9 +131,9 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
     on_cuda = str(device).startswith("cuda")
     channels_last = on_cuda and args.channels_last
     state = None
-    if os.path.isfile(resume):
-        state = load_checkpoint(resume, "DeepLab resume checkpoint", made_by=step)
-        check_resume(state, resume, settings, record["inputs"], step)
+    if os.path.isfile(resume_file):
+        state = load_checkpoint(resume_file, "DeepLab resume checkpoint", made_by=step)
+        check_resume(state, resume_file, settings, record["inputs"], step)
         model = build_deeplab(spec.num_classes + 1, args.seg_arch)
         model.load_state_dict(state["state_dict"])
         model.train()
@@ -148,7 +149,7 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start_iter = int(state["iteration"])
-        log.info("%s: resuming from %s at iteration %d of %d", step, resume, start_iter, args.seg_num_iters)
+        log.info("%s: resuming from %s at iteration %d of %d", step, resume_file, start_iter, args.seg_num_iters)
     del state
 
     per_rank_batch = max(1, args.seg_batch_size // world)
@@ -209,7 +210,7 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
                 window, window_start = 0, time.perf_counter()
             if done % args.seg_save_every == 0 and done < args.seg_num_iters:
                 if rank == 0:
-                    save_checkpoint(resume, {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    save_checkpoint(resume_file, {k: v.detach().cpu() for k, v in model.state_dict().items()},
                                     optimizer=optimizer.state_dict(), iteration=done, settings=settings,
                                     inputs=record["inputs"])
                 dist.barrier()
@@ -227,8 +228,8 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
     if rank == 0:
         save_deeplab(weights_path, model, args.seg_arch, spec.class_names, iterations=args.seg_num_iters,
                      settings=settings)
-        if os.path.isfile(resume):
-            os.remove(resume)
+        if os.path.isfile(resume_file):
+            os.remove(resume_file)
         log.info("%s: saved %s", step, weights_path)
     dist.barrier()
     return weights_path

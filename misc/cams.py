@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from misc import imutils
-from misc.fileio import DataError, save_cam_npz
+from misc.errors import DataError
+from misc.fileio import save_cam_npz
 from misc.torchutils import to_device
 from net.resnet50_cam import flip_merged_cam
 

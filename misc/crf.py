@@ -6,7 +6,7 @@ CRF steps (cam_to_ir_label, eval_cam --eval_crf, infer_deeplab) need it.
 """
 import numpy as np
 
-from misc.fileio import DataError
+from misc.errors import DataError
 
 
 def crf_inference_label(img, labels, n_labels, t=10, gt_prob=0.7):

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from misc import imutils
-from misc.fileio import DataError, check_image_file, load_image_rgb, load_label_png, load_npz, save_npz
+from misc.errors import DataError
+from misc.fileio import check_image_file, load_image_rgb, load_label_png, load_npz, save_npz
 
 DATASETS = ("voc12", "coco14")
 IGNORE = 255  # void / unsure label in every mask of the project

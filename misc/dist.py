@@ -36,7 +36,7 @@ def local_devices(device, num_workers):
 
 
 def _worker_entry(worker_idx, worker_fn, shards, devices, args, error_queue):
-    from misc.fileio import DataError
+    from misc.errors import DataError
     try:
         worker_fn(worker_idx, shards[worker_idx], devices[worker_idx], args)
     except BaseException as e:  # report, then exit non-zero
@@ -73,7 +73,7 @@ def _raise_worker_failure(reports, exit_codes):
     """Re-raise a worker's failure in the parent: a DataError stays a one-line DataError; anything else becomes a
     RuntimeError whose first line is the worker's error, with the workers' tracebacks logged to the run log."""
     import logging
-    from misc.fileio import DataError
+    from misc.errors import DataError
     log = logging.getLogger(__name__)
     for _, _, trace in reports:
         log.debug("worker traceback:\n%s", trace)

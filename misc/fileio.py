@@ -6,6 +6,7 @@ killed step never leaves a truncated output and a rerun can skip what exists.
 import json
 import os
 import re
+import secrets
 import socket
 import tempfile
 import time
@@ -14,25 +15,9 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from misc.errors import DataError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _TEMP_PID = os.getpid()
-
-
-class DataError(RuntimeError):
-    """Bad input (missing file, corrupt image, mismatched classes, ...). The message names the file and the fix.
-
-    A DataError raised inside a DataLoader worker comes back re-created from a message holding the worker's whole
-    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); the constructor keeps
-    only the original message, so the user still reads one line.
-    """
-
-    def __init__(self, message=""):
-        message = str(message)
-        if message.startswith("Caught DataError") and "DataError: " in message:
-            message = message.rsplit("DataError: ", 1)[1].strip()
-        super().__init__(message)
 
 
 # Temporary files are named .<name>.<host>-<pid>.<random>.tmp<ext>: a run killed during a write leaves one behind,
@@ -47,15 +32,25 @@ def atomic_path(path):
     os.makedirs(folder, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
     tag = _TEMP_TAG if os.getpid() == _TEMP_PID else f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.{tag}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    tmp = _new_temp_file(folder, f".{base}.{tag}.", f".tmp{ext}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _new_temp_file(folder, prefix, suffix):
+    """Create an empty file of a fresh name. Mode 0666 less the process umask, which the kernel applies (as for
+    any output file; tempfile.mkstemp would make 0600)."""
+    while True:
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 _TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp[^/]*$")

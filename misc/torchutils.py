@@ -51,7 +51,7 @@ def resolve_device(name):
     """'cuda' / 'cuda:1' / 'cpu'; None = cuda when available."""
     if name in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    from misc.fileio import DataError
+    from misc.errors import DataError
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine; use --device cpu (or auto)")
     if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():

@@ -1,5 +1,5 @@
 """AffinityNet (PSA; Ahn & Kwak, CVPR 2018): a 448-channel feature map at stride 8 whose L1 distances give the
-affinities of pixel pairs (misc/psa.py).
+affinities of pixel pairs (net/psa_affinity.py).
 
 Three backbone levels go through bias-free 1x1 convolutions to 64, 128 and 256 channels with ELU, are
 concatenated (448) and mixed by a 1x1 conv (448 -> 448) with ELU. Layer names follow PSA (f8_3, f8_4, f8_5, f9)
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from misc.fileio import DataError
+from misc.errors import DataError
 from net.resnet38 import ResNet38, load_resnet38_weights
 from net.resnet50 import FixedBatchNorm, load_backbone_weights, resnet50
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from misc.fileio import DataError
+from misc.errors import DataError
 from net.resnet50 import FixedBatchNorm
 
 # PSA names the heads it puts on this backbone: fc8 (classifier), f8_* / f9 (AffinityNet); linear1000 is the

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from misc.fileio import DataError
+from misc.errors import DataError
 
 IMAGENET_URLS = {
     # The files IRN loads (torchvision's original ImageNet weights).

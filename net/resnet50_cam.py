@@ -49,7 +49,7 @@ def flip_merged_cam(class_maps_pair):
 
 def check_class_count(state_dict, num_classes, path):
     """A classifier checkpoint trained on another dataset (80 COCO vs 20 VOC classes) must not load silently."""
-    from misc.fileio import DataError
+    from misc.errors import DataError
     weight = state_dict.get("classifier.weight")
     if weight is None:
         raise DataError(f"{path} is not a classifier checkpoint of this project (no classifier.weight); "
@@ -68,7 +68,7 @@ def load_classifier(path, num_classes, device="cpu"):
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        from misc.fileio import DataError
+        from misc.errors import DataError
         raise DataError(f"{path} is not a classifier checkpoint of this project ({str(e).splitlines()[0]}); "
                         f"remake it with --overwrite train_cam") from e
     return model.to(device).eval()

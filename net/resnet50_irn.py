@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from misc import imutils, indexing
+from misc import imutils
+from net import irn_affinity
 from net.resnet50 import load_backbone_weights, resnet50
 
 
@@ -156,7 +157,7 @@ class AffinityDisplacementLoss(nn.Module):
 
     def forward(self, edge_logits, dp, bg_pos, fg_pos, neg):
         edge = torch.sigmoid(self._pad(edge_logits.float()))
-        aff = indexing.edge_to_affinity(edge.flatten(1), self._paths())
+        aff = irn_affinity.edge_to_affinity(edge.flatten(1), self._paths())
         pos_aff_loss = -torch.log(aff + 1e-5)
         neg_aff_loss = -torch.log(1.0 + 1e-5 - aff)
         bg_pos_aff = (bg_pos * pos_aff_loss).sum() / (bg_pos.sum() + 1e-5)
@@ -174,7 +175,8 @@ class AffinityDisplacementLoss(nn.Module):
 
 def load_irnet(path, device="cpu"):
     """IRNet from sess/res50_irn.pth (weights_only; the backbone's weights are in the checkpoint)."""
-    from misc.fileio import DataError, load_checkpoint
+    from misc.errors import DataError
+    from misc.fileio import load_checkpoint
     ckpt = load_checkpoint(path, "IRNet checkpoint", made_by="train_irn")
     model = IRNet("none")
     try:

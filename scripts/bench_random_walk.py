@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from misc import imutils, indexing  # noqa: E402
+from misc import imutils  # noqa: E402
+from net import irn_affinity  # noqa: E402
 from step.make_sem_seg_labels import walk_to_labels  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def run_variant(variant, args, device):
     """(seconds, peak bytes above the pre-walk level, labels) of one variant."""
     cams, edge = synthetic_case(args.height, args.width, args.classes)
     cams, edge = cams.to(device), edge.to(device)
-    walk_fn = indexing.random_walk_lean if variant == "lean" else indexing.random_walk_dense
+    walk_fn = irn_affinity.random_walk_lean if variant == "lean" else irn_affinity.random_walk_dense
     on_cuda = str(device).startswith("cuda")
     if on_cuda:
         walk_fn(cams[:, :8, :8], edge[:8, :8], args.radius, args.beta, 1)  # warm-up (CUDA context, kernels)
@@ -109,7 +110,7 @@ def main():
     h, w = imutils.strided_size((args.height, args.width), 4)
     print(f"random walk of a {args.width}x{args.height} image: {h}x{w} stride-4 grid, {args.classes} classes, "
           f"radius {args.radius}, beta {args.beta:g}, 2^{args.exp_times} steps, device {args.device}, "
-          f"{torch.get_num_threads()} threads; one dense matrix = {indexing.dense_bytes(h, w) / 2 ** 30:.2f} GiB")
+          f"{torch.get_num_threads()} threads; one dense matrix = {irn_affinity.dense_bytes(h, w) / 2 ** 30:.2f} GiB")
     results = {}
     for variant in variants:
         if str(args.device).startswith("cuda"):

@@ -15,7 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run_sample  # noqa: E402
-from misc.fileio import DataError, save_json, save_text  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import save_json, save_text  # noqa: E402
 from misc.metrics import markdown_table  # noqa: E402
 from step.rib import iters_dir  # noqa: E402
 from misc.datasets import load_id_list  # noqa: E402

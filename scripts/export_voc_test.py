@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from misc import imutils  # noqa: E402
 from misc.cli import ArgumentParser, HelpFormatter, show_all_defaults  # noqa: E402
 from misc.datasets import load_id_list  # noqa: E402
-from misc.fileio import DataError, atomic_path, load_label_png  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import atomic_path, load_label_png  # noqa: E402
 
 NUM_CLASSES = 20
 

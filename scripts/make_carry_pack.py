@@ -22,7 +22,8 @@ from PIL import Image  # noqa: E402
 
 from misc.cli import ArgumentParser, HelpFormatter, int_at_least  # noqa: E402
 from misc.datasets import load_id_list, load_label_file, save_label_table  # noqa: E402
-from misc.fileio import DataError, atomic_path, save_json  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import atomic_path, save_json  # noqa: E402
 from voc12.dataloader import DEFAULT_LABEL_FILE  # noqa: E402
 
 

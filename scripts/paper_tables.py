@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from misc.cli import ArgumentParser, HelpFormatter  # noqa: E402
-from misc.fileio import DataError, save_text  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import save_text  # noqa: E402
 
 PAPER_NUMBERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_numbers.csv")
 TABLE_TITLES = {

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from misc import dist, provenance
+from misc import dist, resume
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.crf import crf_inference_label
 from misc.datasets import build_spec, load_id_list
@@ -67,9 +67,9 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     cam_dir = source_dir(args, args.ir_cam_source)
     check_writable_dir(args.ir_label_out_dir, "--work_dir")
-    provenance.prepare(args, "cam_to_ir_label", args.ir_label_out_dir,
-                       {"cam_source": args.ir_cam_source, "conf_fg_thres": args.conf_fg_thres,
-                        "conf_bg_thres": args.conf_bg_thres}, inputs=[("cams", cam_dir, "dir")])
+    resume.prepare(args, "cam_to_ir_label", args.ir_label_out_dir,
+                   {"cam_source": args.ir_cam_source, "conf_fg_thres": args.conf_fg_thres,
+                    "conf_bg_thres": args.conf_bg_thres}, inputs=[("cams", cam_dir, "dir")])
     todo = [i for i in ids if not os.path.isfile(label_path(args, i))]
     spec.check_ids(todo, "--infer_list", need_labels=False)
     check_cam_files(cam_dir, todo, args.ir_cam_source)

@@ -6,7 +6,7 @@ For each image of --infer_list, from the `high_res` maps of result/cam or result
   confident (a low power leaves a large background score);
 - high-alpha CRF: the same with --psa_high_alpha (32); its background is confident;
 - label = the low-alpha CRF's class where it says foreground, 255 where it says background, 0 wherever the
-  high-alpha CRF says background (misc/psa.py).
+  high-alpha CRF says background (net/psa_affinity.py).
 Writes result/psa_label/<id>.png (uint8: 0 background, 1..C classes, 255 unsure). PSA saves both CRF score maps
 and combines them per training crop after 8x8 pooling; one combined PNG per image is stored here (docs/psa.md).
 CPU work in --num_workers processes (0 or 1: in-process); images whose PNG exists are skipped.
@@ -17,11 +17,11 @@ import time
 
 from tqdm import tqdm
 
-from misc import dist, provenance
+from misc import dist, resume
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
-from misc.psa import psa_label
+from net.psa_affinity import psa_label
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     cam_dir = source_dir(args, args.psa_cam_source)
     check_writable_dir(args.psa_label_out_dir, "--work_dir")
-    provenance.prepare(args, "cam_to_psa_label", args.psa_label_out_dir,
-                       {"cam_source": args.psa_cam_source, "low_alpha": args.psa_low_alpha,
-                        "high_alpha": args.psa_high_alpha}, inputs=[("cams", cam_dir, "dir")])
+    resume.prepare(args, "cam_to_psa_label", args.psa_label_out_dir,
+                   {"cam_source": args.psa_cam_source, "low_alpha": args.psa_low_alpha,
+                    "high_alpha": args.psa_high_alpha}, inputs=[("cams", cam_dir, "dir")])
     todo = [i for i in ids if not os.path.isfile(label_path(args, i))]
     spec.check_ids(todo, "--infer_list", need_labels=False)
     check_cam_files(cam_dir, todo, args.psa_cam_source, flag="--psa_cam_source")

@@ -11,7 +11,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from misc import imutils, provenance
+from misc import imutils, resume
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_record
 from misc.cli import sweep_values
 from misc.datasets import build_spec, load_id_list
@@ -194,8 +194,8 @@ def evaluate_source(args, spec, ids, source):
     results = evaluate_cam_dir(args, cam_dir, ids, spec, CAM_SOURCE_STEPS[source], crf=args.eval_crf)
     results["source"] = source
     results["dataset"] = spec.name
-    results["made_by"] = provenance.describe(cam_dir)
-    results["run"] = provenance.run_info(args)
+    results["made_by"] = resume.describe(cam_dir)
+    results["run"] = resume.run_info(args)
     base = os.path.join(args.result_dir, f"eval_cam_{source}")
     save_json(base + ".json", results)
     save_text(base + ".md", results_markdown(results, f"Seed evaluation ({source}, {len(ids)} images)"))

@@ -11,9 +11,10 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from misc import imutils, provenance
+from misc import imutils, resume
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, load_image_rgb, load_label_png, save_json, save_png, save_text
+from misc.errors import DataError
+from misc.fileio import load_image_rgb, load_label_png, save_json, save_png, save_text
 from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,13 @@ def run(args):
     ids = load_id_list(args.seg_eval_list, "--seg_eval_list")
     mat, background, masks = evaluate(args, spec, ids)
     names = spec.names_with_background
-    record = provenance.describe(args.deeplab_pred_dir)
+    record = resume.describe(args.deeplab_pred_dir)
     crf = bool(record and (record.get("settings") or {}).get("crf"))
     results = {**segmentation_report(mat, names), "num_images": len(ids), "crf": crf,
                "all_background_miou": percent(scores_from_confusion(background)["miou"]),
                "pseudo_mask_miou": percent(scores_from_confusion(masks)["miou"]) if masks is not None else None,
                "confusion": np.asarray(mat).tolist(), "dataset": spec.name, "made_by": record,
-               "pseudo_masks": args.pseudo_mask_dir, "run": provenance.run_info(args)}
+               "pseudo_masks": args.pseudo_mask_dir, "run": resume.run_info(args)}
     base = os.path.join(args.result_dir, "eval_deeplab")
     save_json(base + ".json", results)
     title = f"DeepLab-v2 evaluation ({len(ids)} images of {os.path.basename(args.seg_eval_list)})"

@@ -12,9 +12,10 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from misc import provenance
+from misc import resume
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, load_label_png, save_json, save_text
+from misc.errors import DataError
+from misc.fileio import load_label_png, save_json, save_text
 from misc.metrics import ConfusionMatrix, markdown_table, percent, scores_from_confusion, segmentation_report
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run(args):
     results = evaluate(args, ids, spec)
     source = args.ir_cam_source if args.refine == "irn" else getattr(args, "psa_cam_source", args.ir_cam_source)
     results.update({"refine": args.refine, "source": source, "dataset": spec.name,
-                    "made_by": provenance.describe(args.pseudo_mask_dir), "run": provenance.run_info(args)})
+                    "made_by": resume.describe(args.pseudo_mask_dir), "run": resume.run_info(args)})
     base = os.path.join(args.result_dir, "eval_sem_seg" if args.refine == "irn" else "eval_sem_seg_psa")
     save_json(base + ".json", results)
     save_text(base + ".md", results_markdown(results, f"Pseudo-mask evaluation ({args.refine.upper()} on "

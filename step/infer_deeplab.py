@@ -15,9 +15,10 @@ import os
 import time
 
 from deeplab.predict import crf_settings, load_deeplab, predict_images
-from misc import dist, provenance
+from misc import dist, resume
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, check_writable_dir
+from misc.errors import DataError
+from misc.fileio import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def run(args):
         raise DataError(f"DeepLab checkpoint {model_path} does not exist: run the train_deeplab step first "
                         f"(--only train_deeplab)")
     check_writable_dir(args.deeplab_pred_dir, "--work_dir")
-    provenance.prepare(args, "infer_deeplab", args.deeplab_pred_dir, settings(args, model_path),
-                       inputs=[("deeplab", model_path, "file")])
+    resume.prepare(args, "infer_deeplab", args.deeplab_pred_dir, settings(args, model_path),
+                   inputs=[("deeplab", model_path, "file")])
     todo = [i for i in ids if not is_done(args, i)]
     log.info("infer_deeplab with %s (scales %s, flip %s, CRF %s): %d of %d images to do", model_path,
              ",".join(f"{s:g}" for s in args.seg_test_scales), args.seg_test_flip, args.seg_crf, len(todo), len(ids))

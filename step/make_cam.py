@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc import dist, provenance
+from misc import dist, resume
 from misc.cams import multiscale_cam_maps, resize_and_sum, write_cam_record
 from misc.datasets import MultiScaleDataset, build_spec, load_id_list
 from misc.fileio import check_writable_dir
@@ -54,8 +54,8 @@ def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
     check_writable_dir(args.cam_out_dir, "--work_dir")
-    provenance.prepare(args, "make_cam", args.cam_out_dir, {"cam_scales": list(args.cam_scales)},
-                       inputs=[("classifier", args.cam_weights_path, "file")])
+    resume.prepare(args, "make_cam", args.cam_out_dir, {"cam_scales": list(args.cam_scales)},
+                   inputs=[("classifier", args.cam_weights_path, "file")])
     todo = pending_ids(ids, args.cam_out_dir)
     spec.check_ids(todo, "--infer_list")
     if todo:

@@ -9,7 +9,7 @@ For each image of --infer_list:
 3. scores: [(1 - max CAM)^--psa_alpha (16), CAMs] from the full-resolution `high_res` of result/cam or
    result/cam_rib (--psa_cam_source), zero-padded to multiples of 8 and averaged over 8x8 blocks;
 4. walk = scores T^(2^--psa_logt) (2^8 = 256 steps), as 256 stencil products instead of PSA's dense (hw)^2
-   squaring (misc/psa.py; same result, no (hw)^2 matrix);
+   squaring (net/psa_affinity.py; same result, no (hw)^2 matrix);
 5. bilinear upsampling x8, crop to H x W, argmax over [background, image classes].
 Writes result/sem_seg_psa/<id>.png (uint8 0..C) and, with --save_palette, <id>_palette.png, and
 result/sem_seg_psa_score/<id>.png: uint8 round(255 x max over the image's classes of the walk / its global max),
@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import dist, imutils, provenance, psa
+from misc import dist, imutils, resume
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import PseudoMaskFiles, check_writable_dir, load_cam_npz, load_image_rgb
 from misc.torchutils import autocast, bind_worker, to_device
+from net import psa_affinity
 from net.affinitynet import load_affinity_net
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def affinity_features(model, img, device, channels_last=False, amp=True):
     after normalisation (PSA's infer_aff.py)."""
     h, w = img.shape[:2]
     x = torch.from_numpy(imutils.hwc_to_chw(imutils.normalize(img)))[None]
-    x = F.pad(x, (0, -w % psa.FEATURE_STRIDE, 0, -h % psa.FEATURE_STRIDE))
+    x = F.pad(x, (0, -w % psa_affinity.FEATURE_STRIDE, 0, -h % psa_affinity.FEATURE_STRIDE))
     with autocast(device, amp):
         return model(to_device(x, device, channels_last))[0].float()
 
@@ -69,8 +70,8 @@ def _work(worker_idx, ids, device, args):
             check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
             features = affinity_features(model, img, device, channels_last, args.amp)
             high_res = torch.from_numpy(record["high_res"]).to(device)
-            mask, score = psa.psa_pseudo_mask(high_res, record["keys"], features, img.shape[:2], args.psa_alpha,
-                                              args.psa_beta, args.psa_logt, with_score=True)
+            mask, score = psa_affinity.psa_pseudo_mask(high_res, record["keys"], features, img.shape[:2],
+                                                       args.psa_alpha, args.psa_beta, args.psa_logt, with_score=True)
             files.write(img_id, mask, score, palette)
 
 
@@ -79,11 +80,11 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     cam_dir = source_dir(args, args.psa_cam_source)
     check_writable_dir(args.sem_seg_psa_out_dir, "--work_dir")
-    provenance.prepare(args, "make_psa_sem_seg", args.sem_seg_psa_out_dir,
-                       {"cam_source": args.psa_cam_source, "alpha": args.psa_alpha, "beta": args.psa_beta,
-                        "logt": args.psa_logt, "backbone": args.psa_backbone},
-                       inputs=[("cams", cam_dir, "dir"), ("affinitynet", args.psa_aff_weights_path, "file")],
-                       extra_outputs=[(args.sem_seg_psa_score_dir, "dir")])
+    resume.prepare(args, "make_psa_sem_seg", args.sem_seg_psa_out_dir,
+                   {"cam_source": args.psa_cam_source, "alpha": args.psa_alpha, "beta": args.psa_beta,
+                    "logt": args.psa_logt, "backbone": args.psa_backbone},
+                   inputs=[("cams", cam_dir, "dir"), ("affinitynet", args.psa_aff_weights_path, "file")],
+                   extra_outputs=[(args.sem_seg_psa_score_dir, "dir")])
     files = output_files(args)
     todo = [i for i in ids if not files.is_done(i)]
     spec.check_ids(todo, "--infer_list", need_labels=False)

@@ -18,9 +18,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from misc import dist, provenance
+from misc import dist, resume
 from misc.datasets import IGNORE, build_spec, load_id_list
-from misc.fileio import DataError, check_writable_dir, load_step_label, save_png
+from misc.errors import DataError
+from misc.fileio import check_writable_dir, load_step_label, save_png
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ def run(args):
     rule = label_rule(args)
     made_by = MASK_STEPS[args.refine]
     check_writable_dir(args.seg_label_dir, "--work_dir")
-    provenance.prepare(args, "make_seg_labels", args.seg_label_dir, settings(args),
-                       inputs=[("pseudo_masks", args.pseudo_mask_dir, "dir")])
+    resume.prepare(args, "make_seg_labels", args.seg_label_dir, settings(args),
+                   inputs=[("pseudo_masks", args.pseudo_mask_dir, "dir")])
     todo = [i for i in ids if not os.path.isfile(os.path.join(args.seg_label_dir, i + ".png"))]
     if todo:
         spec.check_ids(todo, "--seg_train_list", need_labels=False, check_images=False)

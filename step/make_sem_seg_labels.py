@@ -8,7 +8,7 @@ For each image of --infer_list:
 3. seeds = cam**--sem_seg_power (1.3; RIB) * (1 - B), from the stride-4 `cam` of result/cam or result/cam_rib,
    one map per image class, no background map (as IRN: the background comes from the threshold below);
 4. walk = seeds @ T**(2**--exp_times) (2^8 = 256 steps), computed as 256 stencil products instead of IRN's dense
-   (hw)^2 squaring (misc/indexing.py; same result, ~8 MB instead of ~2 GB for a 500x375 image);
+   (hw)^2 squaring (net/irn_affinity.py; same result, ~8 MB instead of ~2 GB for a 500x375 image);
 5. upsample x4 (bilinear), crop to H x W, divide by the global max, background plane = --sem_seg_bg_thres (0.27),
    argmax, map through the image's classes.
 Writes result/sem_seg/<id>.png (uint8 0..C) and, with --save_palette, <id>_palette.png, and the walk's confidence
@@ -25,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import dist, imutils, indexing, provenance
+from misc import dist, imutils, resume
 from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, PseudoMaskFiles, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb
+from misc.errors import DataError
+from misc.fileio import PseudoMaskFiles, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb
 from misc.imutils import scale_pyramid
 from misc.torchutils import autocast, bind_worker, to_device
+from net import irn_affinity
 from net.resnet50_irn import load_irnet
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,8 @@ def pseudo_mask(cams, keys, edge, size, args, lean=True, with_score=False):
     if len(keys) == 0:
         return walk_to_labels(None, keys, size, args.sem_seg_bg_thres, with_score)
     cams = cams.clamp(min=0).pow(args.sem_seg_power)  # CAMs are ReLU'd; the clamp guards a fractional power
-    walk = indexing.propagate_to_edge(cams, edge, radius=WALK_RADIUS, beta=args.beta, exp_times=args.exp_times,
-                                      lean=lean)
+    walk = irn_affinity.propagate_to_edge(cams, edge, radius=WALK_RADIUS, beta=args.beta, exp_times=args.exp_times,
+                                          lean=lean)
     return walk_to_labels(walk, keys, size, args.sem_seg_bg_thres, with_score)
 
 
@@ -110,12 +112,12 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     cam_dir = source_dir(args, args.ir_cam_source)
     check_writable_dir(args.sem_seg_out_dir, "--work_dir")
-    provenance.prepare(args, "make_sem_seg", args.sem_seg_out_dir,
-                       {"cam_source": args.ir_cam_source, "beta": args.beta, "exp_times": args.exp_times,
-                        "sem_seg_power": args.sem_seg_power, "sem_seg_bg_thres": args.sem_seg_bg_thres,
-                        "pad_to": pad_size(args)},
-                       inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")],
-                       extra_outputs=[(args.sem_seg_score_dir, "dir")])
+    resume.prepare(args, "make_sem_seg", args.sem_seg_out_dir,
+                   {"cam_source": args.ir_cam_source, "beta": args.beta, "exp_times": args.exp_times,
+                    "sem_seg_power": args.sem_seg_power, "sem_seg_bg_thres": args.sem_seg_bg_thres,
+                    "pad_to": pad_size(args)},
+                   inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")],
+                   extra_outputs=[(args.sem_seg_score_dir, "dir")])
     files = output_files(args)
     todo = [i for i in ids if not files.is_done(i)]
     spec.check_ids(todo, "--infer_list", need_labels=False)

@@ -14,9 +14,10 @@ import time
 
 from deeplab.predict import crf_settings, load_deeplab, predict_images
 from deeplab.train import train_segmentation
-from misc import dist, provenance
+from misc import dist, resume
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, check_writable_dir
+from misc.errors import DataError
+from misc.fileio import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,14 @@ def fill_labels(args):
     ids = load_id_list(args.seg_train_list, "--seg_train_list")
     out_dir = args.seg_label_retrain_dir
     check_writable_dir(out_dir, "--work_dir")
-    provenance.prepare(args, "retrain_deeplab", out_dir,
-                       {"test_scales": list(args.seg_test_scales), "test_flip": args.seg_test_flip,
-                        "crf": crf_settings(args) if args.seg_retrain_crf else None},
-                       inputs=[("round1_labels", args.seg_label_dir, "dir"),
-                               ("round1_model", args.deeplab_weights_path, "file")],
-                       extra_outputs=[(args.deeplab_retrain_weights_path, "file"),
-                                      (os.path.splitext(args.deeplab_retrain_weights_path)[0] + ".resume.pth",
-                                       "file")])
+    resume.prepare(args, "retrain_deeplab", out_dir,
+                   {"test_scales": list(args.seg_test_scales), "test_flip": args.seg_test_flip,
+                    "crf": crf_settings(args) if args.seg_retrain_crf else None},
+                   inputs=[("round1_labels", args.seg_label_dir, "dir"),
+                           ("round1_model", args.deeplab_weights_path, "file")],
+                   extra_outputs=[(args.deeplab_retrain_weights_path, "file"),
+                                  (os.path.splitext(args.deeplab_retrain_weights_path)[0] + ".resume.pth",
+                                   "file")])
     todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".png"))]
     if not todo:
         return 0

@@ -28,12 +28,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from misc import dist, provenance, runlog
+from misc import dist, resume, runlog
 from misc.cams import resize_and_sum, write_cam_record
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import DataError, check_writable_dir, load_image_rgb, save_cam_npz
+from misc.errors import DataError
+from misc.fileio import check_writable_dir, load_image_rgb, save_cam_npz
 from misc.imutils import classification_augment, scale_pyramid, strided_size
-from misc.rib_losses import finetune_loss, gap_pool, gndrp_pool
+from net.rib_loss import finetune_loss, gap_pool, gndrp_pool
 from misc.torchutils import PolyOptimizer, autocast, bind_worker, poly_param_groups, to_device
 from net.resnet50_cam import flip_merged_cam, load_classifier
 
@@ -529,10 +530,10 @@ def _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device
 
 
 def settings(args):
-    """The values that decide RIB's maps (a rerun with other values stops; misc/provenance.py)."""
+    """The values that decide RIB's maps (a rerun with other values stops; misc/resume.py)."""
     return {**RIBConfig.from_args(args).__dict__, "other_images": args.rib_batch, "crop_size": args.rib_crop_size,
             "disjoint_prob": args.rib_disjoint_prob, "resize_long": list(args.cam_resize_long), "seed": args.seed,
-            "train_list": provenance.file_digest(args.train_list)}
+            "train_list": resume.file_digest(args.train_list)}
 
 
 def run(args):
@@ -542,9 +543,9 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     pool_ids = load_id_list(args.train_list, "--train_list")
     check_writable_dir(args.rib_out_dir, "--work_dir")
-    provenance.prepare(args, "rib", args.rib_out_dir, settings(args),
-                       inputs=[("classifier", args.cam_weights_path, "file")],
-                       extra_outputs=[(args.rib_out_dir.rstrip("/\\") + "_iters", "dir")])
+    resume.prepare(args, "rib", args.rib_out_dir, settings(args),
+                   inputs=[("classifier", args.cam_weights_path, "file")],
+                   extra_outputs=[(args.rib_out_dir.rstrip("/\\") + "_iters", "dir")])
     todo = pending_ids(args, ids)
     log.info("rib: %d of %d images to do (%d already done); K=%d, lr %g, %d other images per step, %s pooling "
              "(%s norm), %s margin %g, %s aggregation", len(todo), len(ids), len(ids) - len(todo), cfg.iters,

@@ -3,8 +3,8 @@
 Data: the ids of --infer_list with their result/psa_label PNGs (the ids that have CAMs; PSA trains on train_aug,
 the list its labels were made for). Augmentation as PSA: colour jitter (brightness, contrast, saturation 0.3,
 hue 0.1), a random --psa_crop_size crop (448; no rescaling; the image is padded with black, the label with "no
-pixel"), horizontal flip. The crop's label is reduced to stride 8 (misc/psa.reduce_label) and gives the labels
-of all pairs within radius 5: bg-pos, fg-pos, neg. Loss bg/4 + fg/4 + neg/2 (misc/psa.affinity_loss).
+pixel"), horizontal flip. The crop's label is reduced to stride 8 (net/psa_affinity.reduce_label) and gives the labels
+of all pairs within radius 5: bg-pos, fg-pos, neg. Loss bg/4 + fg/4 + neg/2 (net/psa_affinity.affinity_loss).
 
 Optimiser as PSA: batch --psa_batch_size (8), --psa_num_epoches (8), SGD with poly decay (power 0.9,
 max_step = (N // batch) * epochs), lr --psa_learning_rate (0.1) on backbone weights, 2x on backbone biases, 10x
@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from misc import dist, imutils, indexing, provenance, psa
+from misc import dist, imutils, resume
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
-from misc.fileio import DataError, load_step_label, save_checkpoint
+from misc.errors import DataError
+from misc.fileio import load_step_label, save_checkpoint
 from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
+from net import irn_affinity, psa_affinity
 from net.affinitynet import CHECKPOINT_KIND, AffinityNet, load_affinity_net
 from net.resnet50 import calibrate_batchnorm
 
@@ -52,14 +54,14 @@ def backbone_weights(args):
 class PsaAffinityDataset(ImageDataset):
     """Training samples: {'name', 'img' (3, crop, crop), 'bg_pos', 'fg_pos', 'neg' (n_dirs, n_src)}."""
 
-    def __init__(self, spec, ids, label_dir, crop_size, radius=psa.RADIUS, color_jitter=True, hflip=True):
+    def __init__(self, spec, ids, label_dir, crop_size, radius=psa_affinity.RADIUS, color_jitter=True, hflip=True):
         super().__init__(spec, ids)
         self.label_dir = label_dir
         self.crop_size = crop_size
         self.color_jitter = color_jitter
         self.hflip = hflip
-        grid = imutils.strided_size((crop_size, crop_size), psa.FEATURE_STRIDE)
-        self.src, self.dst = psa.pair_indices(radius, grid)
+        grid = imutils.strided_size((crop_size, crop_size), psa_affinity.FEATURE_STRIDE)
+        self.src, self.dst = psa_affinity.pair_indices(radius, grid)
 
     def __getitem__(self, idx):
         img_id = self.ids[idx]
@@ -68,14 +70,14 @@ class PsaAffinityDataset(ImageDataset):
                                 "cam_to_psa_label", "PSA label")
         rng = numpy_rng_from_torch()
         if self.color_jitter:
-            img = psa.color_jitter(img, rng)
+            img = psa_affinity.color_jitter(img, rng)
         valid = np.ones(label.shape, np.uint8)
         # PSA crops the un-normalised image into a zero canvas: the padding is black, not the mean colour
-        img, label, valid = imutils.random_crop([img, label, valid], self.crop_size, [0, psa.IGNORE, 0], rng)
+        img, label, valid = imutils.random_crop([img, label, valid], self.crop_size, [0, psa_affinity.IGNORE, 0], rng)
         if self.hflip and rng.random() < 0.5:
             img, label, valid = img[:, ::-1], label[:, ::-1], valid[:, ::-1]
-        reduced = psa.reduce_label(label, valid)
-        bg_pos, fg_pos, neg = indexing.affinity_labels(reduced, self.src, self.dst, self.spec.num_classes)
+        reduced = psa_affinity.reduce_label(label, valid)
+        bg_pos, fg_pos, neg = irn_affinity.affinity_labels(reduced, self.src, self.dst, self.spec.num_classes)
         return {"name": img_id, "img": torch.from_numpy(imutils.hwc_to_chw(imutils.normalize(img))),
                 "bg_pos": torch.from_numpy(bg_pos), "fg_pos": torch.from_numpy(fg_pos),
                 "neg": torch.from_numpy(neg)}
@@ -104,8 +106,8 @@ def build_model(args, spec, ids):
 
 
 def settings(args):
-    """The values that decide the AffinityNet checkpoint (misc/provenance.py)."""
-    return {"infer_list": provenance.file_digest(args.infer_list), "backbone": args.psa_backbone,
+    """The values that decide the AffinityNet checkpoint (misc/resume.py)."""
+    return {"infer_list": resume.file_digest(args.infer_list), "backbone": args.psa_backbone,
             "backbone_weights": backbone_weights(args), "crop_size": args.psa_crop_size,
             "batch_size": args.psa_batch_size, "epochs": args.psa_num_epoches,
             "learning_rate": args.psa_learning_rate, "weight_decay": args.psa_weight_decay,
@@ -121,8 +123,8 @@ def _format(sums, steps):
 def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
-    provenance.prepare(args, "train_aff", args.psa_aff_weights_path, settings(args),
-                       inputs=[("psa_labels", args.psa_label_out_dir, "dir")], kind="file")
+    resume.prepare(args, "train_aff", args.psa_aff_weights_path, settings(args),
+                   inputs=[("psa_labels", args.psa_label_out_dir, "dir")], kind="file")
     if os.path.isfile(args.psa_aff_weights_path):
         load_affinity_net(args.psa_aff_weights_path, args.psa_backbone, spec.num_classes)  # reported now
         log.info("%s exists with the same settings: keeping it (--overwrite train_aff retrains)",
@@ -170,7 +172,7 @@ def run(args):
             labels = [batch[k].to(device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg")]
             with autocast(device, args.amp):
                 features = train_model(x)
-            losses = psa.affinity_loss(psa.pair_affinity(features.float()), *labels)
+            losses = psa_affinity.affinity_loss(psa_affinity.pair_affinity(features.float()), *labels)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
@@ -190,7 +192,7 @@ def run(args):
     if rank == 0:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_checkpoint(args.psa_aff_weights_path, state, kind=CHECKPOINT_KIND, backbone=args.psa_backbone,
-                        num_classes=spec.num_classes, crop_size=args.psa_crop_size, radius=psa.RADIUS)
+                        num_classes=spec.num_classes, crop_size=args.psa_crop_size, radius=psa_affinity.RADIUS)
         log.info("saved %s (training %.1f s, %.2f s per image-epoch)", args.psa_aff_weights_path, train_time,
                  train_time / max(1, len(loader) * batch_size * world * args.psa_num_epoches))
     dist.barrier()

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import dist, provenance
+from misc import dist, resume
 from misc.datasets import ClassificationDataset, build_spec, load_id_list
-from misc.fileio import DataError, save_checkpoint
+from misc.errors import DataError
+from misc.fileio import save_checkpoint
 from misc.imutils import classification_augment
 from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, seed_everything, to_device
 from net.resnet50 import calibrate_batchnorm
@@ -46,7 +47,7 @@ def build_model(args, spec, ids):
     if args.backbone_weights == "none":
         # Random init: give frozen BN the data's statistics, else activations blow up through 16 blocks.
         calibrate_batchnorm(model, calibration_batches(spec, ids, args.cam_crop_size,
-                                                           resize_long_range(args), args.seed))
+                                                       resize_long_range(args), args.seed))
     return model
 
 
@@ -56,8 +57,8 @@ MAX_LOGIT = 1e4
 
 
 def settings(args, spec):
-    """The values that decide the checkpoint (a rerun with other values stops; misc/provenance.py)."""
-    return {"classes": list(spec.class_names), "train_list": provenance.file_digest(args.train_list),
+    """The values that decide the checkpoint (a rerun with other values stops; misc/resume.py)."""
+    return {"classes": list(spec.class_names), "train_list": resume.file_digest(args.train_list),
             "backbone_weights": args.backbone_weights, "epochs": args.cam_num_epoches,
             "batch_size": args.cam_batch_size, "crop_size": args.cam_crop_size,
             "resize_long": list(args.cam_resize_long), "learning_rate": args.cam_learning_rate,
@@ -89,7 +90,7 @@ def check_classifier(path, spec, ids, args, device):
 def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.train_list, "--train_list")
-    provenance.prepare(args, "train_cam", args.cam_weights_path, settings(args, spec), kind="file")
+    resume.prepare(args, "train_cam", args.cam_weights_path, settings(args, spec), kind="file")
     if os.path.isfile(args.cam_weights_path):
         load_classifier(args.cam_weights_path, spec.num_classes)  # a broken file is reported now, not later
         log.info("%s exists with the same settings: keeping it (--overwrite train_cam retrains)",

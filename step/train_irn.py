@@ -3,7 +3,7 @@
 Data: the ids of --infer_list with their result/ir_label PNGs (the official RIB run uses train_aug for both its
 train and infer lists, so this is the same set); random scale in [0.5, 1.5], h-flip, random --irn_crop_size crop
 (label padding 255). The crop's label, reduced x0.25 (nearest), gives the affinity labels of all pairs within
-radius 10 (misc/indexing.py). Loss (bg_pos/2 + fg_pos/2 + neg)/2 + (dp_fg + dp_bg)/2; batch 32, 3 epochs, SGD poly
+radius 10 (net/irn_affinity.py). Loss (bg_pos/2 + fg_pos/2 + neg)/2 + (dp_fg + dp_bg)/2; batch 32, 3 epochs, SGD poly
 with lr 0.1 on the boundary branch and 1.0 on the displacement branch, wd 1e-4. The ResNet-50 backbone is frozen.
 After training, the mean displacement over --infer_list (top-left crops) is stored in mean_shift.running_mean.
 Single process, or DDP under torchrun. Writes sess/res50_irn.pth atomically; an existing checkpoint is kept
@@ -18,10 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc import dist, imutils, indexing, provenance
+from misc import dist, imutils, resume
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
-from misc.fileio import DataError, load_step_label, save_checkpoint
+from misc.errors import DataError
+from misc.fileio import load_step_label, save_checkpoint
 from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
+from net import irn_affinity
 from net.resnet50 import calibrate_batchnorm
 from net.resnet50_irn import AffinityDisplacementLoss, IRNet, load_irnet
 
@@ -34,7 +36,7 @@ SCALE_RANGE = (0.5, 1.5)
 def training_path_index(crop_size):
     """PathIndex of the stride-4 crop (128 x 128 for 512 crops; small test crops get a padded grid)."""
     feat = imutils.strided_size((crop_size, crop_size), 4)
-    return indexing.PathIndex(TRAIN_RADIUS, indexing.grid_size_for(TRAIN_RADIUS, feat))
+    return irn_affinity.PathIndex(TRAIN_RADIUS, irn_affinity.grid_size_for(TRAIN_RADIUS, feat))
 
 
 class AffinityDataset(ImageDataset):
@@ -64,8 +66,8 @@ class AffinityDataset(ImageDataset):
         reduced = imutils.resize(label, imutils.strided_size(label.shape, 4), nearest=True)
         gh, gw = self.path_index.size  # pad tiny crops to the PathIndex grid with "ignore"
         reduced = np.pad(reduced, ((0, gh - reduced.shape[0]), (0, gw - reduced.shape[1])), constant_values=255)
-        bg_pos, fg_pos, neg = indexing.affinity_labels(reduced, self.path_index.src_indices,
-                                                       self.path_index.dst_indices, self.spec.num_classes)
+        bg_pos, fg_pos, neg = irn_affinity.affinity_labels(reduced, self.path_index.src_indices,
+                                                           self.path_index.dst_indices, self.spec.num_classes)
         return {"name": img_id, "img": torch.from_numpy(imutils.hwc_to_chw(img)),
                 "bg_pos": torch.from_numpy(bg_pos), "fg_pos": torch.from_numpy(fg_pos),
                 "neg": torch.from_numpy(neg)}
@@ -126,8 +128,8 @@ def mean_displacement(model, spec, ids, args, device, rank, world, channels_last
 
 
 def settings(args):
-    """The values that decide the IRNet checkpoint (misc/provenance.py)."""
-    return {"infer_list": provenance.file_digest(args.infer_list), "backbone_weights": args.backbone_weights,
+    """The values that decide the IRNet checkpoint (misc/resume.py)."""
+    return {"infer_list": resume.file_digest(args.infer_list), "backbone_weights": args.backbone_weights,
             "crop_size": args.irn_crop_size, "batch_size": args.irn_batch_size, "epochs": args.irn_num_epoches,
             "learning_rate": args.irn_learning_rate, "weight_decay": args.irn_weight_decay,
             "official_momentum_bug": args.official_momentum_bug,
@@ -137,8 +139,8 @@ def settings(args):
 def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.infer_list, "--infer_list")
-    provenance.prepare(args, "train_irn", args.irn_weights_path, settings(args),
-                       inputs=[("ir_labels", args.ir_label_out_dir, "dir")], kind="file")
+    resume.prepare(args, "train_irn", args.irn_weights_path, settings(args),
+                   inputs=[("ir_labels", args.ir_label_out_dir, "dir")], kind="file")
     if os.path.isfile(args.irn_weights_path):
         load_irnet(args.irn_weights_path)  # a broken file is reported now, not later
         log.info("%s exists with the same settings: keeping it (--overwrite train_irn retrains)",

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import run_sample
 from conftest import REPO, make_args, save_random_classifier, train_subset_ids, write_list
-from misc import provenance
-from misc.fileio import DataError, atomic_path, load_checkpoint, remove_stale_temps
+from misc import resume
+from misc.errors import DataError
+from misc.fileio import atomic_path, load_checkpoint, remove_stale_temps
 
 
 def cli_error(capsys, argv):
@@ -177,14 +178,14 @@ def test_rerun_with_other_settings_stops_and_overwrite_replaces(tmp_path, voc_ro
     assert "cam_scales [0.25] (now [0.25, 0.5])" in text and "--work_dir" in text and "--overwrite make_cam" in text
     # a retrained classifier makes the CAMs stale too, whatever the CAM settings
     os.remove(args.cam_weights_path)
-    provenance.prepare(args, "train_cam", args.cam_weights_path, {"retrained": True}, kind="file")
+    resume.prepare(args, "train_cam", args.cam_weights_path, {"retrained": True}, kind="file")
     save_random_classifier(args.cam_weights_path, seed=1)
     with pytest.raises(DataError, match="input classifier"):
         make_cam.run(args)
     replaced = make_args(tmp_path / "w", voc12_root=voc_root, infer_list=lst, cam_scales="0.25,0.5",
                          overwrite="make_cam")
     make_cam.run(replaced)
-    record = provenance.read_record(args.cam_out_dir)
+    record = resume.read_record(args.cam_out_dir)
     assert record["settings"]["cam_scales"] == [0.25, 0.5] and record["run"]["git_commit"]
     assert record["run"]["versions"]["torch"] == torch.__version__
 

@@ -12,7 +12,8 @@ import torch
 
 import run_sample
 from conftest import REPO, make_args, save_random_classifier, train_subset_ids, write_list
-from misc.fileio import DataError, load_cam_npz, load_image_rgb
+from misc.errors import DataError
+from misc.fileio import load_cam_npz, load_image_rgb
 from misc.torchutils import PolyOptimizer, poly_param_groups
 from net.resnet50 import FixedBatchNorm, calibrate_batchnorm
 from net.resnet50_cam import Net

@@ -17,9 +17,10 @@ from coco14 import synthetic
 from coco14.dataloader import CLASS_NAMES, annotation_path
 from conftest import make_args, save_random_classifier, write_list
 from misc.datasets import build_spec, load_id_list, load_label_file
-from misc.fileio import DataError, load_cam_npz, load_label_png
+from misc.errors import DataError
+from misc.fileio import load_cam_npz, load_label_png
 from misc.metrics import ConfusionMatrix
-from misc.rib_losses import gndrp_pool
+from net.rib_loss import gndrp_pool
 
 PERSON, GIRAFFE, PIZZA, TOOTHBRUSH = (CLASS_NAMES.index(n) for n in ("person", "giraffe", "pizza", "toothbrush"))
 LAYOUT = f"{synthetic.LAYOUT_ID:012d}"

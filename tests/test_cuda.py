@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, make_args, save_random_classifier, train_subset_ids, write_list
-from misc import indexing
 from misc.fileio import load_cam_npz
+from net import irn_affinity
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -103,6 +103,6 @@ def test_random_walk_cuda_equals_cpu():
     h, w = 94, 125  # the stride-4 grid of a 375 x 500 VOC image
     edge = torch.rand(h, w, generator=g) ** 4
     cams = torch.rand(3, h, w, generator=g) ** 2
-    cpu = indexing.random_walk_lean(cams, edge)
-    cuda = indexing.random_walk_lean(cams.cuda(), edge.cuda()).cpu()
+    cpu = irn_affinity.random_walk_lean(cams, edge)
+    cuda = irn_affinity.random_walk_lean(cams.cuda(), edge.cuda()).cpu()
     assert torch.allclose(cpu, cuda, rtol=1e-6, atol=1e-8)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from conftest import make_args, train_subset_ids, write_list
 from deeplab.losses import balanced_cross_entropy, cross_entropy, msc_loss
 from deeplab.model import ASPP_RATES, MSC, DeepLabV2, build_deeplab, logit_size, parameter_groups, poly_lr
-from misc.fileio import DataError, load_label_png, save_png
+from misc.errors import DataError
+from misc.fileio import load_label_png, save_png
 
 # tiny settings of every run here: ResNet-50 from scratch, small crops, a rate a random backbone survives
 TINY = dict(seg_arch="resnet50", seg_backbone_weights="none", seg_crop_size=32, seg_batch_size=2,
@@ -258,7 +259,7 @@ def test_resume_after_kill_matches_the_uninterrupted_run(tmp_path, voc_root, mon
                         seg_num_iters=4, seg_save_every=2, seg_scales="1.0", seg_lr_step=1,
                         **{**TINY, "seg_batch_size": 1, "seg_learning_rate": 3e-5})
     with pytest.raises(DataError, match=r"resume checkpoint .*learning_rate 1e-05 \(now 3e-05\).*--overwrite "
-                                         r"train_deeplab"):
+                       r"train_deeplab"):
         train_deeplab.run(changed)
 
     train_deeplab.run(args)  # resumes at iteration 2

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from conftest import make_args, train_subset_ids, write_list
-from misc import imutils, indexing
-from misc.fileio import DataError, load_label_png, save_cam_npz, save_png
+from misc import imutils
+from misc.errors import DataError
+from misc.fileio import load_label_png, save_cam_npz, save_png
+from net import irn_affinity
 
 
 # --- path indices and affinity labels ----------------------------------------------------------------------------
@@ -16,20 +18,20 @@ from misc.fileio import DataError, load_label_png, save_cam_npz, save_png
 
 def test_search_directions_cover_half_disk():
     for radius in (2, 5, 10):
-        dirs = indexing.search_directions(radius)
+        dirs = irn_affinity.search_directions(radius)
         # every offset of the open disk except 0 appears exactly once, either as d or as -d
         disk = {(y, x) for y in range(-radius, radius + 1) for x in range(-radius, radius + 1)
                 if 0 < x * x + y * y < radius * radius}
         assert len(dirs) == len(set(dirs)) == len(disk) // 2
         assert set(dirs) | {(-y, -x) for y, x in dirs} == disk
-    assert indexing.num_pairs(5) == 34
+    assert irn_affinity.num_pairs(5) == 34
 
 
 def test_path_index_and_affinity_labels_by_hand():
     # radius 2: directions (0,1), (1,-1), (1,0), (1,1); paths of (0,1) and (1,0) have 2 pixels, the diagonals 4
     # (the two pixels beside the diagonal are within distance 1 of it). Groups by length: [(0,1), (1,0)], then
     # [(1,-1), (1,1)].
-    index = indexing.PathIndex(2, (3, 4))
+    index = irn_affinity.PathIndex(2, (3, 4))
     assert index.search_dst.tolist() == [[0, 1], [1, 0], [1, -1], [1, 1]]
     assert [p.shape for p in index.search_paths] == [(2, 2, 2), (2, 4, 2)]
     # sources: rows [0, 3 - 1), columns [1, 4 - 1) -> (0,1) (0,2) (1,1) (1,2) = flat 1, 2, 5, 6
@@ -39,7 +41,7 @@ def test_path_index_and_affinity_labels_by_hand():
     label = np.array([[0, 0, 1, 1],
                       [0, 255, 1, 1],
                       [2, 2, 2, 1]])
-    bg_pos, fg_pos, neg = indexing.affinity_labels(label, index.src_indices, index.dst_indices, num_classes=20)
+    bg_pos, fg_pos, neg = irn_affinity.affinity_labels(label, index.src_indices, index.dst_indices, num_classes=20)
     # rows: directions (0,1), (1,0), (1,-1), (1,1); columns: sources (0,1)=0, (0,2)=1, (1,1)=255, (1,2)=1
     assert bg_pos.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     assert fg_pos.tolist() == [[0, 1, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 1, 0, 1]]
@@ -47,10 +49,10 @@ def test_path_index_and_affinity_labels_by_hand():
 
 
 def test_edge_to_affinity_takes_max_along_path():
-    index = indexing.PathIndex(3, (4, 6))
+    index = irn_affinity.PathIndex(3, (4, 6))
     edge = torch.zeros(4, 6)
     edge[0, 3] = 0.8  # on the straight path from (0, 2) to (0, 4)
-    aff = indexing.edge_to_affinity(edge.reshape(1, -1), [torch.from_numpy(p) for p in index.path_indices])[0]
+    aff = irn_affinity.edge_to_affinity(edge.reshape(1, -1), [torch.from_numpy(p) for p in index.path_indices])[0]
     src = index.src_indices.tolist().index(2)  # flat (0, 2)
     d = [tuple(x) for x in index.search_dst.tolist()].index((0, 2))
     assert aff[d, src] == pytest.approx(0.2)
@@ -65,9 +67,9 @@ def test_transition_matrix_is_column_stochastic_and_squared():
     rng = np.random.default_rng(0)
     a = rng.random((12, 12))
     aff = torch.from_numpy((a + a.T) / 2 + np.eye(12))
-    t1 = indexing.to_transition_matrix(aff, beta=3.0, exp_times=0).numpy()
+    t1 = irn_affinity.to_transition_matrix(aff, beta=3.0, exp_times=0).numpy()
     assert np.allclose(t1.sum(axis=0), 1.0)
-    t8 = indexing.to_transition_matrix(aff, beta=3.0, exp_times=3).numpy()
+    t8 = irn_affinity.to_transition_matrix(aff, beta=3.0, exp_times=3).numpy()
     expected = t1
     for _ in range(7):
         expected = expected @ t1
@@ -84,8 +86,8 @@ def test_random_walk_on_toy_graph_by_hand():
     t = np.array([[1, .5, .5], [.5, 1, .5], [.5, .5, 1]]) / 2
     seeds = np.array([1.0, 1.0, 0.0]) * (1 - np.array([0.0, 0.5, 0.0]))  # the walk starts from cam * (1 - B)
     expected = seeds @ np.linalg.matrix_power(t, 4)  # exp_times 2 -> T^4
-    dense = indexing.random_walk_dense(x, edge, radius=5, beta=1.0, exp_times=2)
-    lean = indexing.random_walk_lean(x, edge, radius=5, beta=1.0, exp_times=2)
+    dense = irn_affinity.random_walk_dense(x, edge, radius=5, beta=1.0, exp_times=2)
+    lean = irn_affinity.random_walk_lean(x, edge, radius=5, beta=1.0, exp_times=2)
     assert np.allclose(dense.reshape(-1).numpy(), expected)
     assert np.allclose(lean.reshape(-1).numpy(), expected)
 
@@ -104,9 +106,9 @@ def _blobby_edge(h, w, seed=0):
 
 def test_stencil_affinity_equals_official_dense_affinity():
     edge = _blobby_edge(11, 14)
-    offsets, aff = indexing.affinity_stencil(edge, 5)
+    offsets, aff = irn_affinity.affinity_stencil(edge, 5)
     assert len(offsets) == 1 + 2 * 34
-    assert torch.equal(indexing.stencil_to_dense(offsets, aff), indexing.dense_affinity(edge, 5))
+    assert torch.equal(irn_affinity.stencil_to_dense(offsets, aff), irn_affinity.dense_affinity(edge, 5))
 
 
 def test_lean_walk_equals_dense_walk_and_labels():
@@ -116,8 +118,8 @@ def test_lean_walk_equals_dense_walk_and_labels():
     edge = _blobby_edge(h, w, seed=1)
     g = torch.Generator().manual_seed(2)
     cams = torch.rand(3, h, w, generator=g) ** 2
-    dense = indexing.random_walk_dense(cams, edge)
-    lean = indexing.random_walk_lean(cams, edge)
+    dense = irn_affinity.random_walk_dense(cams, edge)
+    lean = irn_affinity.random_walk_lean(cams, edge)
     assert torch.allclose(dense, lean, rtol=1e-4, atol=1e-5)
     args = Namespace(sem_seg_power=1.3, beta=10.0, exp_times=8, sem_seg_bg_thres=0.27)
     keys = np.array([2, 7, 11])

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import make_args, save_random_classifier, train_subset_ids, write_list
-from misc import indexing, psa
-from misc.fileio import DataError, load_checkpoint, load_label_png, save_checkpoint
+from misc.errors import DataError
+from misc.fileio import load_checkpoint, load_label_png, save_checkpoint
+from net import irn_affinity, psa_affinity
 
 
 # --- affinity labels ---------------------------------------------------------------------------------------------
@@ -20,7 +21,7 @@ def test_combine_labels_by_hand():
     low = np.array([[0, 1, 2, 1, 0]])
     high = np.array([[0, 1, 2, 0, 2]])
     # low says bg -> 255 (unless high says bg -> 0); low says fg -> its class, except where high says bg
-    assert psa.combine_labels(low, high, np.array([4, 11])).tolist() == [[0, 5, 12, 0, 255]]
+    assert psa_affinity.combine_labels(low, high, np.array([4, 11])).tolist() == [[0, 5, 12, 0, 255]]
 
 
 def test_psa_label_uses_both_alphas():
@@ -28,11 +29,11 @@ def test_psa_label_uses_both_alphas():
     # c = 0.9, 0.3: (1 - c)^4 < c -> confident foreground; c = 0.2: 0.8^4 = 0.41 > 0.2 (low-alpha background) but
     # 0.8^32 < 0.2 (high-alpha foreground) -> unsure; c = 0.05: 0.95^32 = 0.19 > 0.05 -> confident background.
     record = {"keys": np.array([2]), "high_res": np.array([[[0.9, 0.3, 0.2, 0.05]]], np.float32)}
-    plain = lambda img, cams, alpha: np.concatenate([psa.background_score(cams, alpha), cams]).argmax(axis=0)
+    plain = lambda img, cams, alpha: np.concatenate([psa_affinity.background_score(cams, alpha), cams]).argmax(axis=0)
     img = np.zeros((1, 4, 3), np.uint8)
-    assert psa.psa_label(img, record, 4, 32, crf=plain).tolist() == [[3, 3, 255, 0]]
+    assert psa_affinity.psa_label(img, record, 4, 32, crf=plain).tolist() == [[3, 3, 255, 0]]
     empty = {"keys": np.zeros(0, np.int64), "high_res": np.zeros((0, 1, 4), np.float32)}
-    assert psa.psa_label(img, empty, 4, 32, crf=plain).tolist() == [[0, 0, 0, 0]]
+    assert psa_affinity.psa_label(img, empty, 4, 32, crf=plain).tolist() == [[0, 0, 0, 0]]
 
 
 def test_reduce_label_majority_by_hand():
@@ -45,20 +46,20 @@ def test_reduce_label_majority_by_hand():
     valid[2, 2] = valid[2, 3] = valid[3, 2] = False  # only the 255 counts in this block
     # blocks (stride 2): [0 0 0 5] -> 0; [5 5 255 5] -> 5; [255 255 0 5] -> 255; [0 5 5 0] tie -> 0 (smallest);
     # [255] -> 255; padding only -> 255
-    assert psa.reduce_label(label, valid, stride=2).tolist() == [[0, 5, 255], [0, 255, 255]]
+    assert psa_affinity.reduce_label(label, valid, stride=2).tolist() == [[0, 5, 255], [0, 255, 255]]
     # sizes that are not multiples: the last blocks are partial ([255 0] is a tie -> 0)
-    assert psa.reduce_label(label[:3, :5], valid[:3, :5], stride=2).tolist() == [[0, 5, 0], [0, 255, 255]]
+    assert psa_affinity.reduce_label(label[:3, :5], valid[:3, :5], stride=2).tolist() == [[0, 5, 0], [0, 255, 255]]
 
 
 def test_color_jitter_is_seeded_and_keeps_gray():
     rng_img = np.random.default_rng(0)
     img = rng_img.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    a = psa.color_jitter(img, np.random.default_rng(1))
-    b = psa.color_jitter(img, np.random.default_rng(1))
+    a = psa_affinity.color_jitter(img, np.random.default_rng(1))
+    b = psa_affinity.color_jitter(img, np.random.default_rng(1))
     assert a.dtype == np.uint8 and a.shape == img.shape and np.array_equal(a, b) and not np.array_equal(a, img)
-    assert np.array_equal(psa.color_jitter(img, np.random.default_rng(1), 0, 0, 0, 0), img)
+    assert np.array_equal(psa_affinity.color_jitter(img, np.random.default_rng(1), 0, 0, 0, 0), img)
     gray = np.full((4, 4, 3), 128, np.uint8)  # no saturation: a hue shift changes nothing
-    assert np.array_equal(psa.color_jitter(gray, np.random.default_rng(2), 0, 0, 0, 0.1), gray)
+    assert np.array_equal(psa_affinity.color_jitter(gray, np.random.default_rng(2), 0, 0, 0, 0.1), gray)
 
 
 # --- pairs, affinities and the loss --------------------------------------------------------------------------------
@@ -66,20 +67,20 @@ def test_color_jitter_is_seeded_and_keeps_gray():
 
 def test_pairs_are_the_official_layout():
     h, w = 12, 15
-    src, dst = psa.pair_indices(5, (h, w))
-    index = indexing.PathIndex(5, (h, w))  # IRN's layout: same sources, directions grouped by path length
+    src, dst = psa_affinity.pair_indices(5, (h, w))
+    index = irn_affinity.PathIndex(5, (h, w))  # IRN's layout: same sources, directions grouped by path length
     assert np.array_equal(src, index.src_indices)
-    for k, (dy, dx) in enumerate(indexing.search_directions(5)):  # PSA's order: directions as listed
+    for k, (dy, dx) in enumerate(irn_affinity.search_directions(5)):  # PSA's order: directions as listed
         assert np.array_equal(dst[k], src + dy * w + dx)
     assert dst.shape == (34, (h - 4) * (w - 8))
-    assert psa.pair_indices(5, (4, 20))[0].size == 0  # fewer than 5 rows: no source
+    assert psa_affinity.pair_indices(5, (4, 20))[0].size == 0  # fewer than 5 rows: no source
 
 
 def test_pair_affinity_is_exp_of_mean_l1():
     g = torch.Generator().manual_seed(0)
     features = torch.rand(2, 3, 6, 10, generator=g)
-    aff = psa.pair_affinity(features)
-    src, dst = psa.pair_indices(5, (6, 10))
+    aff = psa_affinity.pair_affinity(features)
+    src, dst = psa_affinity.pair_indices(5, (6, 10))
     flat = features.flatten(2)
     expected = torch.exp(-(flat[:, :, src][:, :, None] - flat[:, :, dst]).abs().mean(dim=1))
     assert aff.shape == (2, 34, 2 * 2) and torch.allclose(aff, expected)
@@ -94,7 +95,7 @@ def test_affinity_loss_on_hand_made_pairs():
     bg_loss = -math.log(0.5 + eps) / (1 + eps)
     fg_loss = (-math.log(0.9 + eps) - math.log(1.0 + eps)) / (2 + eps)
     neg_loss = (-math.log(1 + eps - 0.2) - math.log(1 + eps - 0.1)) / (2 + eps)
-    out = psa.affinity_loss(aff, bg, fg, neg)
+    out = psa_affinity.affinity_loss(aff, bg, fg, neg)
     assert out["bg_pos"].item() == pytest.approx(bg_loss, rel=1e-5)
     assert out["fg_pos"].item() == pytest.approx(fg_loss, rel=1e-5)
     assert out["neg"].item() == pytest.approx(neg_loss, rel=1e-5)
@@ -102,7 +103,7 @@ def test_affinity_loss_on_hand_made_pairs():
     # the unlabelled pairs (0.8, 0.6, 0.3) do not move the loss
     aff2 = aff.clone()
     aff2[0, 1, 0] = aff2[0, 1, 2] = aff2[0, 1, 3] = 0.01
-    assert psa.affinity_loss(aff2, bg, fg, neg)["loss"].item() == pytest.approx(out["loss"].item())
+    assert psa_affinity.affinity_loss(aff2, bg, fg, neg)["loss"].item() == pytest.approx(out["loss"].item())
 
 
 # --- random walk ---------------------------------------------------------------------------------------------------
@@ -130,19 +131,19 @@ def test_walk_by_hand_on_a_small_grid():
     features = torch.rand(4, 6, 10, generator=g)
     x = torch.rand(2, 6, 10, generator=g)
     a = hand_affinity(features)
-    assert np.allclose(psa.dense_affinity(features).numpy(), a, atol=1e-6)
-    offsets, stencil = psa.affinity_stencil(features)
-    assert len(offsets) == 69 and np.allclose(indexing.stencil_to_dense(offsets, stencil).numpy(), a, atol=1e-6)
+    assert np.allclose(psa_affinity.dense_affinity(features).numpy(), a, atol=1e-6)
+    offsets, stencil = psa_affinity.affinity_stencil(features)
+    assert len(offsets) == 69 and np.allclose(irn_affinity.stencil_to_dense(offsets, stencil).numpy(), a, atol=1e-6)
     t = a ** 3.0
     t = t / t.sum(axis=0, keepdims=True)
     expected = (x.reshape(2, -1).numpy() @ np.linalg.matrix_power(t, 4)).reshape(2, 6, 10)  # logt 2 -> T^4
-    assert np.allclose(psa.random_walk_dense(x, features, beta=3.0, logt=2).numpy(), expected, atol=1e-5)
-    assert np.allclose(psa.random_walk_lean(x, features, beta=3.0, logt=2).numpy(), expected, atol=1e-6)
+    assert np.allclose(psa_affinity.random_walk_dense(x, features, beta=3.0, logt=2).numpy(), expected, atol=1e-5)
+    assert np.allclose(psa_affinity.random_walk_lean(x, features, beta=3.0, logt=2).numpy(), expected, atol=1e-6)
 
 
 def test_cam_with_background_pools_the_padded_map():
     cams = torch.full((1, 3, 10), 0.5)  # 3 x 10 -> padded 8 x 16 -> a 1 x 2 grid
-    pooled = psa.cam_with_background(cams, alpha=2.0)
+    pooled = psa_affinity.cam_with_background(cams, alpha=2.0)
     assert pooled.shape == (2, 1, 2)
     assert torch.allclose(pooled[:, 0, 0], torch.tensor([0.25 * 24 / 64, 0.5 * 24 / 64]))
     assert torch.allclose(pooled[:, 0, 1], torch.tensor([0.25 * 6 / 64, 0.5 * 6 / 64]))
@@ -156,15 +157,15 @@ def test_lean_walk_equals_dense_walk_and_labels():
     size = (83, 109)  # not a multiple of 8: padded and cropped
     high_res = torch.rand(2, *size, generator=g) ** 3
     keys = np.array([6, 14])
-    walk_scores = psa.cam_with_background(high_res, 16.0)
-    dense = psa.random_walk_dense(walk_scores, features, beta=8.0, logt=8)
-    lean = psa.random_walk_lean(walk_scores, features, beta=8.0, logt=8)
+    walk_scores = psa_affinity.cam_with_background(high_res, 16.0)
+    dense = psa_affinity.random_walk_dense(walk_scores, features, beta=8.0, logt=8)
+    lean = psa_affinity.random_walk_lean(walk_scores, features, beta=8.0, logt=8)
     assert torch.allclose(dense, lean, rtol=1e-4, atol=1e-6)
-    a, score_a = psa.psa_pseudo_mask(high_res, keys, features, size, lean=False, with_score=True)
-    b, score_b = psa.psa_pseudo_mask(high_res, keys, features, size, lean=True, with_score=True)
+    a, score_a = psa_affinity.psa_pseudo_mask(high_res, keys, features, size, lean=False, with_score=True)
+    b, score_b = psa_affinity.psa_pseudo_mask(high_res, keys, features, size, lean=True, with_score=True)
     assert a.shape == size and set(np.unique(a)) <= {0, 7, 15} and (a == b).mean() > 0.9999
     assert score_a.dtype == np.uint8 and np.abs(score_a.astype(int) - score_b).max() <= 1 and score_a.max() == 255
-    no_class = psa.psa_pseudo_mask(high_res[:0], np.zeros(0, np.int64), features, size)
+    no_class = psa_affinity.psa_pseudo_mask(high_res[:0], np.zeros(0, np.int64), features, size)
     assert no_class.shape == size and not no_class.any()
 
 

@@ -1,5 +1,5 @@
 """The RIB step (step/rib.py): what is updated, reset between images, early stops, output format, workers,
-resume, bad inputs, and agreement with the straightforward reference loop of scripts/bench_rib.py.
+resume, bad inputs, and agreement with the reference loop of the official structure (step/rib_reference.py).
 
 Speed (2 shared CPU cores, ResNet-50): the images are real VOC images (the shared subset) downscaled to 64x48 in
 a temporary copy of the dataset, so one RIB step costs well under a second, and every target has the same shape,
@@ -10,7 +10,6 @@ use OMP_NUM_THREADS=1: CPU convolutions round differently with another thread co
 import logging
 import os
 import shutil
-import sys
 import types
 from contextlib import contextmanager
 
@@ -19,12 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SHARED_VOC, make_args, save_random_classifier, train_subset_ids, write_list
-
-sys.path.insert(0, str(REPO / "scripts"))
-
-from misc.fileio import DataError, load_cam_npz, save_cam_npz  # noqa: E402
-from step import rib  # noqa: E402
+from conftest import SHARED_VOC, make_args, save_random_classifier, train_subset_ids, write_list
+from misc.errors import DataError
+from misc.fileio import load_cam_npz, save_cam_npz
+from step import rib
 
 SIZE = (48, 64)  # H, W of the downscaled images
 NOLABEL = "9999_nolabel"
@@ -262,9 +259,9 @@ def test_one_vs_two_worker_processes_identical(tiny, base_run, tmp_path):
 
 
 def test_fast_path_equals_reference_loop(tiny, base_run, tmp_path):
-    import bench_rib
+    from step.rib_reference import reference_rib
     args = rib_args(tiny, tmp_path, tiny.ids[:1])
-    bench_rib.reference_rib(args, tiny.ids[:1])
+    reference_rib(args, tiny.ids[:1])
     assert_same_record(cam_file(args, tiny.ids[0]), cam_file(base_run, tiny.ids[0]))
 
 

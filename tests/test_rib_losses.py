@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from misc.rib_losses import (bce_activation_loss, finetune_loss, gap_pool, gndrp_keep_mask, gndrp_pool,
-                             rib_loss)
+from net.rib_loss import (bce_activation_loss, finetune_loss, gap_pool, gndrp_keep_mask, gndrp_pool,
+                          rib_loss)
 
 # One image, three classes, 3x3 maps.
 #   class 0 (in the label): 1..8 and a peak of 10. Normalised by the max: 0.1 .. 0.8 and 1.0.

@@ -16,7 +16,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from misc.fileio import DataError  # noqa: E402
+from misc.errors import DataError  # noqa: E402
 from toy import experiment as toy_experiment  # noqa: E402
 from toy.mnist import (IMAGES_MAGIC, LABELS_MAGIC, download_mnist, load_mnist, parse_idx, read_idx,  # noqa: E402
                         t10k_split)

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from conftest import train_subset_ids, write_list
-from misc.fileio import DataError, load_image_rgb
+from misc.errors import DataError
+from misc.fileio import load_image_rgb
 from misc import datasets
 from misc.imutils import classification_augment
 from voc12 import dataloader as voc

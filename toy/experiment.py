@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from misc.fileio import DataError, atomic_path, save_json, save_text
-from misc.rib_losses import MARGIN_MODES, rib_loss
+from misc.errors import DataError
+from misc.fileio import atomic_path, save_json, save_text
+from net.rib_loss import MARGIN_MODES, rib_loss
 from toy.mnist import load_mnist
 from toy.net import ToyCNN
 from toy.shapes import (GRAD_NORMS, REGION_D, REGION_KEYS, REGION_ND, gradient_maps, hgr, logit_gradient_map,

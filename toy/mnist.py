@@ -16,7 +16,8 @@ import zlib
 
 import numpy as np
 
-from misc.fileio import DataError, atomic_path
+from misc.errors import DataError
+from misc.fileio import atomic_path
 
 IDX_UBYTE = 0x08
 IMAGES_MAGIC = 0x00000803

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from misc.datasets import load_id_list, save_label_table  # noqa: E402
-from misc.fileio import DataError, load_label_png  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import load_label_png  # noqa: E402
 from voc12.dataloader import CLASS_NAMES  # noqa: E402
 
 

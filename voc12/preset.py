@@ -1,5 +1,6 @@
 """Hyper-parameters that differ between datasets (PASCAL VOC 2012 values: paper Sec. 4.1 and the official code).
-run_sample.py applies the preset of --dataset as flag defaults; every value can still be overridden by its flag."""
+step/flags.py applies the preset of --dataset as flag defaults (layer 4 of its defaults rule); every value can still be
+overridden by its flag."""
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -10,7 +10,7 @@ Later objects are drawn over earlier ones; the mask records the visible owner of
 band around every object as void (255), like VOC's borders. Written in VOC layout: JPEGImages/, SegmentationClass/
 (palette PNGs), ImageSets/{train,eval}.txt and cls_labels.npz, whose four classes are named in the file (class
 names travel with the label file, so the tables of a run name them). The generator only makes data; the demo's
-settings live in run_sample.py (DEMO_FLAGS).
+settings live in step/demo.py (DEMO_FLAGS).
 """
 import os
 

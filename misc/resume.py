@@ -24,7 +24,8 @@ import subprocess
 import sys
 import uuid
 
-from misc.fileio import DataError, remove_stale_temps, save_json
+from misc.errors import DataError
+from misc.fileio import remove_stale_temps, save_json
 
 log = logging.getLogger(__name__)
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

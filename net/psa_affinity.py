@@ -17,7 +17,7 @@ stencil steps (69 neighbours per pixel at radius 5), and `random_walk_dense` kee
 the reference of the tests.
 
 The pairs are the official ones: each pair is stored once, from a source pixel towards a destination in the lower
-half-plane (misc/indexing.search_directions), and only pixels with every destination inside the grid are sources
+half-plane (net/irn_affinity.search_directions), and only pixels with every destination inside the grid are sources
 (rows [0, h - r + 1), columns [r - 1, w - r + 1)). Two pixels that are both in the left, right or bottom band
 are therefore not paired in the walk (IRN later padded the grid to fix this; PSA's behaviour is kept here).
 """
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
-from misc.indexing import search_directions, shift, stencil_walk
+from net.irn_affinity import search_directions, shift, stencil_walk
 
 RADIUS = 5  # pair radius of training and of the walk (official: 5, fixed in train_aff.py and resnet38_aff.py)
 FEATURE_STRIDE = 8  # AffinityNet's output stride; labels are reduced and CAMs pooled by this factor
@@ -139,7 +139,7 @@ def source_box(radius, size):
 
 def pair_indices(radius, size):
     """Flat indices of the pairs of a (h, w) grid in the official order: src int64 (n_src,), dst int64
-    (n_dirs, n_src) with dst[k] = src + direction k (directions as misc/indexing.search_directions)."""
+    (n_dirs, n_src) with dst[k] = src + direction k (directions as net/irn_affinity.search_directions)."""
     h, w = size
     rows, cols = source_box(radius, size)
     flat = np.arange(h * w, dtype=np.int64).reshape(h, w)
