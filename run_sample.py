@@ -43,7 +43,9 @@ def run_steps(args):
     if not steps:
         log.warning("no step enabled")
     total = time.perf_counter()
-    rank, _ = dist.torchrun_rank_world()
+    rank, world = dist.torchrun_rank_world()
+    if world > 1:
+        dist.init_distributed(args.device)  # one process group for the run (steps and misc/resume.py barriers)
     for name, module_name in steps:
         if name in EVALUATION_STEPS and rank != 0:
             continue  # under torchrun one rank evaluates; the others wait at the barrier

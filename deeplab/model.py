@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.errors import DataError
+from misc.fileio import load_checkpoint, load_weights, save_checkpoint
 from net.resnet50 import FixedBatchNorm, resnet50, resnet101
 
 ARCHS = {"resnet101": resnet101, "resnet50": resnet50}
@@ -136,3 +138,34 @@ def set_lr(optimizer, base_lr):
 
 def batchnorm_modules(model):
     return [m for m in model.modules() if isinstance(m, FixedBatchNorm)]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def save_deeplab(path, model, arch, class_names, **meta):
+    net = model.module if hasattr(model, "module") else model
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    save_checkpoint(path, state, arch=arch, num_outputs=len(class_names) + 1, class_names=list(class_names), **meta)
+
+
+def load_deeplab(path, num_outputs, arch, made_by="train_deeplab"):
+    """The MSC DeepLab of a checkpoint, on the CPU, in eval mode. Another backbone or class count is an error
+    naming the file and the flag."""
+    ckpt = load_checkpoint(path, "DeepLab checkpoint", made_by=made_by)
+    state = ckpt["state_dict"]
+    weight = state.get("base.aspp.convs.0.weight")
+    if weight is None:
+        raise DataError(f"{path} is not a DeepLab checkpoint of this project (no ASPP weights); train one with "
+                        f"--only {made_by}")
+    saved_arch = ckpt.get("arch")
+    if saved_arch is not None and saved_arch != arch:
+        raise DataError(f"{path} is a {saved_arch} DeepLab but --seg_arch is {arch}; pass --seg_arch {saved_arch} "
+                        f"or retrain with --overwrite {made_by}")
+    if weight.shape[0] != num_outputs:
+        raise DataError(f"{path} predicts {weight.shape[0]} classes (background included) but the dataset has "
+                        f"{num_outputs}; use a checkpoint trained on this dataset or retrain with --overwrite "
+                        f"{made_by}")
+    model = load_weights(build_deeplab(num_outputs, arch), state, path, f"a {arch} DeepLab checkpoint", made_by,
+                         fix=f"pass the --seg_arch it was trained with or retrain with --overwrite {made_by}")
+    return model.eval()

@@ -1,81 +1,32 @@
-"""DeepLab checkpoints, full-image prediction (MSC, optional flip, softmax, dense CRF) and the prediction runner
-shared by infer_deeplab and retrain_deeplab: the network runs in one process per GPU (one on CPU), the CRF and the
-PNG writing in --num_workers CPU processes.
+"""Full-image prediction (MSC, optional flip, softmax, dense CRF) and the prediction runner shared by
+infer_deeplab and retrain_deeplab (each gives its PredictionPlan, with the writer of its files): the network runs
+in one process per GPU (one on CPU), the CRF and the PNG writing in --num_workers CPU processes.
 
 Prediction of one image (deeplab-pytorch main.py test): the full-resolution image (no resize, no padding), the MSC
 max over --seg_test_scales on the stride-8 grid (averaged with the flipped image's when --seg_test_flip), bilinear
 upsampling to H x W, softmax; then the CRF on the raw RGB image when asked, and the argmax.
 """
-import contextlib
+import dataclasses
 import functools
 import logging
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from deeplab.model import build_deeplab
+from deeplab.model import load_deeplab
 from misc import dist, imutils
-from misc.datasets import IGNORE, build_spec
+from misc.datasets import build_spec
 from misc.errors import DataError
-from misc.fileio import atomic_path, load_checkpoint, load_image_rgb, load_label_png, save_checkpoint, save_png
+from misc.fileio import load_image_rgb
 from misc.metrics import ConfusionMatrix, scores_from_confusion
-from misc.torchutils import autocast, bind_worker
+from misc.torchutils import autocast, bind_worker, denormals_flushed
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def denormals_flushed(enabled=True):
-    """Flush denormal floats to zero on the CPU while the block runs: a randomly initialised backbone (tests, the
-    demo) produces them by the million, and x86 handles each one ~100x slower than a normal float."""
-    if not enabled:
-        yield
-        return
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
-# --- checkpoints ---------------------------------------------------------------------------------------------------
-
-
-def save_deeplab(path, model, arch, class_names, **meta):
-    net = model.module if hasattr(model, "module") else model
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    save_checkpoint(path, state, arch=arch, num_outputs=len(class_names) + 1, class_names=list(class_names), **meta)
-
-
-def load_deeplab(path, num_outputs, arch, made_by="train_deeplab"):
-    """The MSC DeepLab of a checkpoint, on the CPU, in eval mode. Another backbone or class count is an error
-    naming the file and the flag."""
-    ckpt = load_checkpoint(path, "DeepLab checkpoint", made_by=made_by)
-    state = ckpt["state_dict"]
-    weight = state.get("base.aspp.convs.0.weight")
-    if weight is None:
-        raise DataError(f"{path} is not a DeepLab checkpoint of this project (no ASPP weights); train one with "
-                        f"--only {made_by}")
-    saved_arch = ckpt.get("arch")
-    if saved_arch is not None and saved_arch != arch:
-        raise DataError(f"{path} is a {saved_arch} DeepLab but --seg_arch is {arch}; pass --seg_arch {saved_arch} "
-                        f"or retrain with --overwrite {made_by}")
-    if weight.shape[0] != num_outputs:
-        raise DataError(f"{path} predicts {weight.shape[0]} classes (background included) but the dataset has "
-                        f"{num_outputs}; use a checkpoint trained on this dataset or retrain with --overwrite "
-                        f"{made_by}")
-    model = build_deeplab(num_outputs, arch)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise DataError(f"{path} does not match a {arch} DeepLab ({first}); pass the --seg_arch it was trained "
-                        f"with or retrain with --overwrite {made_by}") from e
-    return model.eval()
 
 
 # --- one image ---------------------------------------------------------------------------------------------------
@@ -119,26 +70,11 @@ def label_map(img, probs, crf=None):
     return np.asarray(probs).argmax(axis=0).astype(np.uint8)
 
 
-def finish_image(job):
-    """Post-processing of one image (in a CPU worker process): CRF, argmax, and the files of the job.
-
-    job: img_path, probs float32 (C+1, H, W), crf (parameters or None), and either `pred` (+ optional `palette`,
-    `prob`) paths for infer_deeplab, or `round1` + `filled` paths for retrain_deeplab's label fill. The file
-    that marks the image as done is written last."""
-    img = load_image_rgb(job["img_path"]) if job["crf"] is not None else None
-    pred = label_map(img, job["probs"], job["crf"])
-    if job.get("round1"):
-        round1 = load_label_png(job["round1"])
-        filled = np.where(round1 == IGNORE, pred, round1).astype(np.uint8)
-        save_png(job["filled"], filled)
-        return
-    if job.get("prob"):
-        with atomic_path(job["prob"]) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, prob=job["probs"].astype(np.float16))
-    if job.get("palette"):
-        save_png(job["palette"], pred, palette=imutils.color_palette())
-    save_png(job["pred"], pred)
+def finish_image(img_path, probs, crf, write):
+    """Post-processing of one image (in a CPU worker process): the CRF when `crf` holds its parameters, argmax,
+    then write(pred, probs) writes the image's files (the one that marks it done last)."""
+    img = load_image_rgb(img_path) if crf is not None else None
+    write(label_map(img, probs, crf), probs)
 
 
 class PostProcessor:
@@ -154,11 +90,11 @@ class PostProcessor:
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         self.pending = deque()
 
-    def submit(self, job):
+    def submit(self, *job):
         if self.pool is None:
-            finish_image(job)
+            finish_image(*job)
             return
-        self.pending.append(self.pool.submit(finish_image, job))
+        self.pending.append(self.pool.submit(finish_image, *job))
         while len(self.pending) > 2 * self.workers:
             self.pending.popleft().result()
 
@@ -176,6 +112,19 @@ def oom_error(flags):
                      f"--amp true), then rerun: finished images are kept")
 
 
+@dataclass(frozen=True)
+class PredictionPlan:
+    """What predict_images runs: the checkpoint, the test-time settings and the writer of each image's files."""
+    model_path: str
+    made_by: str        # the step that makes the checkpoint (named in errors)
+    scales: tuple       # MSC test scales
+    flip: bool          # average in the flipped image's logits
+    crf: dict           # dense-CRF parameters, or None for the plain argmax
+    crf_workers: int    # CPU processes for the CRF and the writing (0: in-process)
+    desc: str           # progress-bar label
+    write: object       # write(img_id, pred, probs): the image's files, the one marking it done last (picklable)
+
+
 def _predict_worker(plan, worker_idx, ids, device, args):
     """One network process: predicts its shard of ids and hands each image to the post-processing workers."""
     if not ids:
@@ -183,35 +132,34 @@ def _predict_worker(plan, worker_idx, ids, device, args):
     on_cuda = str(device).startswith("cuda")
     bind_worker(device, 1)
     spec = build_spec(args)
-    model = load_deeplab(plan["model_path"], spec.num_classes + 1, args.seg_arch, plan["made_by"]).to(device)
+    model = load_deeplab(plan.model_path, spec.num_classes + 1, args.seg_arch, plan.made_by).to(device)
     channels_last = on_cuda and args.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    post = PostProcessor(plan["crf_workers"] if plan["crf"] is not None else 0)
+    post = PostProcessor(plan.crf_workers if plan.crf is not None else 0)
     try:
-        for img_id in tqdm(ids, desc=f"{plan['desc']}[{worker_idx}]", position=worker_idx):
+        for img_id in tqdm(ids, desc=f"{plan.desc}[{worker_idx}]", position=worker_idx):
             img_path = spec.image_path(img_id)
             img = load_image_rgb(img_path)
             try:
                 with denormals_flushed(not on_cuda):
-                    logits = predict_logits(model, img, device, plan["scales"], plan["flip"], args.amp,
-                                            channels_last)
+                    logits = predict_logits(model, img, device, plan.scales, plan.flip, args.amp, channels_last)
                 probs = probabilities(logits, img.shape[:2]).cpu().numpy()
             except torch.cuda.OutOfMemoryError:
                 raise oom_error("--seg_test_scales (drop the largest scale) or turn --seg_test_flip off") from None
-            post.submit({"img_path": img_path, "probs": probs, "crf": plan["crf"], **plan["paths"](img_id)})
+            post.submit(img_path, probs, plan.crf, functools.partial(plan.write, img_id))
     finally:
         post.close()
 
 
 def predict_images(args, ids, plan):
-    """Run the prediction `plan` over `ids`: one network process per visible GPU (and per torchrun rank), a single
-    in-process one on CPU; `plan` holds model_path, made_by, scales, flip, crf (parameters or None),
-    crf_workers, desc and paths(img_id) -> the job's output paths (a picklable function)."""
+    """Run the PredictionPlan over `ids`: one network process per visible GPU (and per torchrun rank), a single
+    in-process one on CPU."""
     on_cuda = str(args.device).startswith("cuda")
     devices = dist.local_devices(args.device, 0) if on_cuda else ["cpu"]
     if on_cuda:  # the CRF processes of a machine are shared among its GPU processes
-        plan = {**plan, "crf_workers": max(1, plan["crf_workers"] // len(devices)) if plan["crf_workers"] else 0}
+        plan = dataclasses.replace(plan, crf_workers=max(1, plan.crf_workers // len(devices)) if plan.crf_workers
+                                   else 0)
     dist.run_sharded(functools.partial(_predict_worker, plan), ids, args, devices)
 
 

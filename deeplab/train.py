@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -19,13 +20,13 @@ from tqdm import tqdm
 
 from deeplab.data import IterationBatches, SegmentationTrainDataset, calibration_batches
 from deeplab.losses import LOSSES, msc_loss
-from deeplab.model import build_deeplab, parameter_groups, poly_lr, set_lr
-from deeplab.predict import denormals_flushed, evaluate_model, load_deeplab, save_deeplab
+from deeplab.model import build_deeplab, load_deeplab, parameter_groups, poly_lr, save_deeplab, set_lr
+from deeplab.predict import evaluate_model
 from misc import dist, resume
 from misc.datasets import build_spec, load_id_list
 from misc.errors import DataError
-from misc.fileio import load_checkpoint, save_checkpoint
-from misc.torchutils import autocast, seed_everything, set_cpu_threads, to_device
+from misc.fileio import check_label_files, load_checkpoint, save_checkpoint
+from misc.torchutils import autocast, denormals_flushed, set_cpu_threads, to_device
 from net.resnet50 import calibrate_batchnorm, load_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -106,130 +107,188 @@ def train_segmentation(args, step, label_dir, weights_path, label_step, init, in
         return _train_segmentation(args, step, label_dir, weights_path, label_step, init, init_path)
 
 
+@dataclass
+class TrainingRun:
+    """One DeepLab training run: what it trains on, where it writes, and this process's place in it."""
+    args: object
+    step: str           # train_deeplab or retrain_deeplab (named in messages and --overwrite)
+    spec: object
+    ids: list
+    label_dir: str
+    label_step: str     # the step that makes the labels
+    weights_path: str
+    settings: dict
+    inputs: dict        # the record ids of the labels (and the round-one model)
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    channels_last: bool = False
+
+    @property
+    def resume_file(self):
+        return resume_path(self.weights_path)
+
+    @property
+    def per_rank_batch(self):
+        return max(1, self.args.seg_batch_size // self.world)
+
+
 def _train_segmentation(args, step, label_dir, weights_path, label_step, init, init_path):
     spec = build_spec(args)
     ids = load_id_list(args.seg_train_list, "--seg_train_list")
     settings = training_settings(args, spec, init)
-    resume_file = resume_path(weights_path)
     inputs = [("labels", label_dir, "dir")] + ([("round1", init_path, "file")] if init == "round1" else [])
     record = resume.prepare(args, step, weights_path, settings, inputs=inputs, kind="file",
-                            extra_outputs=[(resume_file, "file")])
-    if os.path.isfile(weights_path):
-        load_deeplab(weights_path, spec.num_classes + 1, args.seg_arch, step)  # a broken file is reported now
-        log.info("%s exists with the same settings: keeping it (--overwrite %s retrains)", weights_path, step)
+                            extra_outputs=[(resume_path(weights_path), "file")])
+    if resume.checkpoint_done(weights_path, step, lambda p: load_deeplab(p, spec.num_classes + 1, args.seg_arch,
+                                                                         step)):
         return weights_path
     spec.check_ids(ids, "--seg_train_list", need_labels=False)
-    missing = [i for i in ids if not os.path.isfile(os.path.join(label_dir, i + ".png"))]
-    if missing:
-        raise DataError(f"{len(missing)} of {len(ids)} training label(s) of --seg_train_list are missing in "
-                        f"{label_dir}, e.g. {missing[0]}: run the {label_step} step on the same list first "
-                        f"(--only {label_step})")
+    check_label_files(label_dir, ids, "training label", label_step)
     eval_ids = load_id_list(args.seg_eval_list, "--seg_eval_list") if args.seg_eval_every > 0 else []
+    rank, world, device, channels_last = dist.start_training(args)
+    run = TrainingRun(args, step, spec, ids, label_dir, label_step, weights_path, settings, record["inputs"], rank,
+                      world, device, channels_last)
+    model, optimizer, start_iter = start_model(run, init, init_path)
+    if run.per_rank_batch * world != args.seg_batch_size:
+        log.warning("%s: --seg_batch_size %d is not a multiple of the %d processes; %d per process",
+                    step, args.seg_batch_size, world, run.per_rank_batch)
+    log.info("%s: %s DeepLab-v2 (MSC) on %d images, labels %s: iterations %d..%d, batch %d x %d process(es) x "
+             "%d accumulated, crop %d, scales %s, lr %.2e, %s loss", step, args.seg_arch, len(ids), label_dir,
+             start_iter, args.seg_num_iters, run.per_rank_batch, world, args.seg_iter_size, args.seg_crop_size,
+             ",".join(f"{s:g}" for s in args.seg_scales), args.seg_learning_rate, args.seg_loss)
+    try:
+        train_iterations(run, model, optimizer, start_iter, eval_ids)
+    except torch.cuda.OutOfMemoryError:
+        raise DataError(oom_message(args, run.per_rank_batch)) from None
+    if rank == 0:
+        save_deeplab(weights_path, model, args.seg_arch, spec.class_names, iterations=args.seg_num_iters,
+                     settings=settings)
+        if os.path.isfile(run.resume_file):
+            os.remove(run.resume_file)
+        log.info("%s: saved %s", step, weights_path)
+    dist.barrier()
+    return weights_path
 
-    seed_everything(args.seed)
-    rank, world, device = dist.init_distributed(args.device)
-    on_cuda = str(device).startswith("cuda")
-    channels_last = on_cuda and args.channels_last
+
+def start_model(run, init, init_path):
+    """The model on the device and its SGD with deeplab-pytorch's parameter groups: from the resume checkpoint of
+    an interrupted run (optimiser state and iteration too), else from `init`. Returns (model, optimizer, start)."""
+    args = run.args
     state = None
-    if os.path.isfile(resume_file):
-        state = load_checkpoint(resume_file, "DeepLab resume checkpoint", made_by=step)
-        check_resume(state, resume_file, settings, record["inputs"], step)
-        model = build_deeplab(spec.num_classes + 1, args.seg_arch)
+    if os.path.isfile(run.resume_file):
+        state = load_checkpoint(run.resume_file, "DeepLab resume checkpoint", made_by=run.step)
+        check_resume(state, run.resume_file, run.settings, run.inputs, run.step)
+        model = build_deeplab(run.spec.num_classes + 1, args.seg_arch)
         model.load_state_dict(state["state_dict"])
         model.train()
     else:
-        model = initial_model(args, spec, ids, label_dir, label_step, init, init_path)
-    model = model.to(device)
-    if channels_last:
+        model = initial_model(args, run.spec, run.ids, run.label_dir, run.label_step, init, init_path)
+    model = model.to(run.device)
+    if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(parameter_groups(model, args.seg_learning_rate, args.seg_weight_decay),
                                 lr=args.seg_learning_rate, momentum=args.seg_momentum,
                                 weight_decay=args.seg_weight_decay)
-    start_iter = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        start_iter = int(state["iteration"])
-        log.info("%s: resuming from %s at iteration %d of %d", step, resume_file, start_iter, args.seg_num_iters)
-    del state
+    if state is None:
+        return model, optimizer, 0
+    optimizer.load_state_dict(state["optimizer"])
+    start = int(state["iteration"])
+    log.info("%s: resuming from %s at iteration %d of %d", run.step, run.resume_file, start, args.seg_num_iters)
+    return model, optimizer, start
 
-    per_rank_batch = max(1, args.seg_batch_size // world)
-    if per_rank_batch * world != args.seg_batch_size:
-        log.warning("%s: --seg_batch_size %d is not a multiple of the %d processes; %d per process",
-                    step, args.seg_batch_size, world, per_rank_batch)
-    dataset = SegmentationTrainDataset(spec, ids, label_dir, args.seg_crop_size, args.seg_scales, args.seed,
-                                       label_step)
-    sampler = IterationBatches(len(ids), per_rank_batch, args.seg_num_iters, start_iter, args.seg_iter_size,
-                               rank, world, args.seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=on_cuda,
-                        prefetch_factor=4 if args.num_workers > 0 else None)
-    ddp_model = dist.wrap_ddp(model, world, device)
-    train_model = torch.compile(ddp_model) if args.seg_compile and on_cuda else ddp_model
-    loss_fn = LOSSES[args.seg_loss]
 
-    log.info("%s: %s DeepLab-v2 (MSC) on %d images, labels %s: iterations %d..%d, batch %d x %d process(es) x "
-             "%d accumulated, crop %d, scales %s, lr %.2e, %s loss", step, args.seg_arch, len(ids), label_dir,
-             start_iter, args.seg_num_iters, per_rank_batch, world, args.seg_iter_size, args.seg_crop_size,
-             ",".join(f"{s:g}" for s in args.seg_scales), args.seg_learning_rate, args.seg_loss)
-    bar = tqdm(total=args.seg_num_iters, initial=start_iter, desc=step, disable=rank != 0)
-    batches = iter(loader)
-    loss_sum = torch.zeros((), device=device)
-    window, window_start = 0, time.perf_counter()
-    try:
+def training_batches(run, start_iter):
+    """The batches of iterations start_iter.. (this process's share; the same order after a resume)."""
+    args, on_cuda = run.args, str(run.device).startswith("cuda")
+    dataset = SegmentationTrainDataset(run.spec, run.ids, run.label_dir, args.seg_crop_size, args.seg_scales,
+                                       args.seed, run.label_step)
+    sampler = IterationBatches(len(run.ids), run.per_rank_batch, args.seg_num_iters, start_iter, args.seg_iter_size,
+                               run.rank, run.world, args.seed)
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=on_cuda,
+                           prefetch_factor=4 if args.num_workers > 0 else None))
+
+
+def train_iterations(run, model, optimizer, start_iter, eval_ids):
+    """Iterations start_iter..--seg_num_iters: poly lr, --seg_iter_size accumulated micro-batches, one update;
+    the loss logged every --seg_log_every, a resume checkpoint every --seg_save_every, a val score every
+    --seg_eval_every iterations."""
+    args = run.args
+    ddp_model = dist.wrap_ddp(model, run.world, run.device)
+    train_model = torch.compile(ddp_model) if args.seg_compile and str(run.device).startswith("cuda") else ddp_model
+    batches = training_batches(run, start_iter)
+    window = LossWindow(run)
+    with tqdm(total=args.seg_num_iters, initial=start_iter, desc=run.step, disable=run.rank != 0) as bar:
         for it in range(start_iter, args.seg_num_iters):
             set_lr(optimizer, poly_lr(args.seg_learning_rate, it, args.seg_num_iters, args.seg_poly_power,
                                       args.seg_lr_step))
             optimizer.zero_grad(set_to_none=True)
             for micro in range(args.seg_iter_size):
-                batch = next(batches)
-                x = to_device(batch["img"], device, channels_last)
-                labels = batch["label"].to(device, non_blocking=True)
-                sync = micro == args.seg_iter_size - 1 or world == 1
-                with (contextlib.nullcontext() if sync else ddp_model.no_sync()):  # all-reduce once per iteration
-                    with autocast(device, args.amp):
-                        outputs = train_model(x)
-                    loss = msc_loss(outputs, labels, loss_fn) / args.seg_iter_size
-                    loss.backward()
-                loss_sum += loss.detach()
+                window.add(micro_batch_loss(run, train_model, ddp_model, next(batches), micro))
             optimizer.step()
-            window += 1
             bar.update(1)
             done = it + 1
             if done % args.seg_log_every == 0 or done == args.seg_num_iters:
-                mean_loss = (loss_sum / window).item()  # the only host sync of the loop
-                if not math.isfinite(mean_loss):
-                    raise DataError(f"{step}: the loss became {mean_loss} at iteration {done}; lower "
-                                    f"--seg_learning_rate (now {args.seg_learning_rate}) and rerun with "
-                                    f"--overwrite {step}")
-                rate = window * per_rank_batch * world * args.seg_iter_size / (time.perf_counter() - window_start)
-                if rank == 0:
-                    lr = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                    log.info("%s iteration %d/%d: loss %.4f (mean of %d), lr %.3e, %.1f images/s", step, done,
-                             args.seg_num_iters, mean_loss, window, lr, rate)
-                loss_sum.zero_()
-                window, window_start = 0, time.perf_counter()
+                window.report(done, optimizer, bar)
             if done % args.seg_save_every == 0 and done < args.seg_num_iters:
-                if rank == 0:
-                    save_checkpoint(resume_file, {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                    optimizer=optimizer.state_dict(), iteration=done, settings=settings,
-                                    inputs=record["inputs"])
+                if run.rank == 0:
+                    save_checkpoint(run.resume_file, {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                    optimizer=optimizer.state_dict(), iteration=done, settings=run.settings,
+                                    inputs=run.inputs)
                 dist.barrier()
             if args.seg_eval_every > 0 and done % args.seg_eval_every == 0:
-                if rank == 0:
-                    miou = evaluate_model(model, spec, eval_ids, device, args.seg_test_scales, args.amp,
-                                          channels_last)
-                    log.info("%s iteration %d: val mIoU %.2f on %d images of --seg_eval_list (no CRF)", step,
+                if run.rank == 0:
+                    miou = evaluate_model(model, run.spec, eval_ids, run.device, args.seg_test_scales, args.amp,
+                                          run.channels_last)
+                    log.info("%s iteration %d: val mIoU %.2f on %d images of --seg_eval_list (no CRF)", run.step,
                              done, 100 * miou, len(eval_ids))
                 dist.barrier()
-    except torch.cuda.OutOfMemoryError:
-        raise DataError(oom_message(args, per_rank_batch)) from None
-    finally:
-        bar.close()
-    if rank == 0:
-        save_deeplab(weights_path, model, args.seg_arch, spec.class_names, iterations=args.seg_num_iters,
-                     settings=settings)
-        if os.path.isfile(resume_file):
-            os.remove(resume_file)
-        log.info("%s: saved %s", step, weights_path)
-    dist.barrier()
-    return weights_path
+
+
+def micro_batch_loss(run, train_model, ddp_model, batch, micro):
+    """Forward and backward of one micro-batch (the loss of the four MSC outputs, divided by --seg_iter_size);
+    under DDP the gradients are all-reduced once per iteration, at its last micro-batch."""
+    args = run.args
+    x = to_device(batch["img"], run.device, run.channels_last)
+    labels = batch["label"].to(run.device, non_blocking=True)
+    sync = micro == args.seg_iter_size - 1 or run.world == 1
+    with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
+        with autocast(run.device, args.amp):
+            outputs = train_model(x)
+        loss = msc_loss(outputs, labels, LOSSES[args.seg_loss]) / args.seg_iter_size
+        loss.backward()
+    return loss.detach()
+
+
+class LossWindow:
+    """The loss summed on the device since the last report; report() is the loop's only host sync, and stops a
+    run whose loss is no longer finite."""
+
+    def __init__(self, run):
+        self.run = run
+        self.loss_sum = torch.zeros((), device=run.device)
+        self.iterations, self.start = 0, time.perf_counter()
+        self.micro = 0
+
+    def add(self, loss):
+        self.loss_sum += loss
+        self.micro += 1
+        if self.micro % self.run.args.seg_iter_size == 0:
+            self.iterations += 1
+
+    def report(self, done, optimizer, bar):
+        run, args = self.run, self.run.args
+        mean_loss = (self.loss_sum / self.iterations).item()
+        if not math.isfinite(mean_loss):
+            raise DataError(f"{run.step}: the loss became {mean_loss} at iteration {done}; lower "
+                            f"--seg_learning_rate (now {args.seg_learning_rate}) and rerun with --overwrite "
+                            f"{run.step}")
+        images = self.iterations * run.per_rank_batch * run.world * args.seg_iter_size
+        rate = images / (time.perf_counter() - self.start)
+        if run.rank == 0:
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            log.info("%s iteration %d/%d: loss %.4f (mean of %d), lr %.3e, %.1f images/s", run.step, done,
+                     args.seg_num_iters, mean_loss, self.iterations, lr, rate)
+        self.loss_sum.zero_()
+        self.iterations, self.start = 0, time.perf_counter()

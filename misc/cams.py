@@ -4,10 +4,11 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from misc import imutils
 from misc.errors import DataError
-from misc.fileio import save_cam_npz
+from misc.fileio import load_cam_npz, load_image_rgb, save_cam_npz
 from misc.torchutils import to_device
 from net.resnet50_cam import flip_merged_cam
 
@@ -20,15 +21,31 @@ def cam_dir(args, source):
     return args.cam_out_dir if source == "cam" else args.rib_out_dir
 
 
+def cam_file(cam_dir, img_id):
+    """The CAM file of an image in a CAM folder (make_cam's, rib's, rib's per-k folders)."""
+    return os.path.join(cam_dir, img_id + ".npz")
+
+
 def check_cam_files(cam_dir, ids, source, flag="--ir_cam_source"):
     """Fail before any work when CAMs are missing, naming the first id, the step that makes them and the flag
     that chooses the source."""
-    missing = [i for i in ids if not os.path.isfile(os.path.join(cam_dir, i + ".npz"))]
+    missing = [i for i in ids if not os.path.isfile(cam_file(cam_dir, i))]
     if missing:
         step = CAM_SOURCE_STEPS[source]
         raise DataError(f"{len(missing)} of {len(ids)} CAM file(s) are missing in {cam_dir}, e.g. for image "
-                        f"{missing[0]} ({os.path.join(cam_dir, missing[0] + '.npz')}): run the {step} step "
+                        f"{missing[0]} ({cam_file(cam_dir, missing[0])}): run the {step} step "
                         f"(--only {step}) on these ids first, or choose the other {flag}")
+
+
+def images_with_cams(spec, ids, cam_dir, source, desc, worker_idx=0):
+    """(img_id, RGB image, checked CAM record) of each id, with a progress bar: the loop of the steps that turn
+    CAMs into labels and masks (cam_to_ir_label, cam_to_psa_label, make_sem_seg, make_psa_sem_seg)."""
+    made_by = CAM_SOURCE_STEPS[source]
+    for img_id in tqdm(ids, desc=f"{desc}[{worker_idx}]", position=worker_idx):
+        img = load_image_rgb(spec.image_path(img_id))
+        record = load_cam_npz(cam_file(cam_dir, img_id), made_by)
+        check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+        yield img_id, img, record
 
 
 def check_cam_record(record, img_id, num_classes, image_size, cam_dir):

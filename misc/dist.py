@@ -35,6 +35,18 @@ def local_devices(device, num_workers):
     return ["cpu"] * max(1, num_workers)
 
 
+def cpu_workers(num_workers, num_images):
+    """CPU processes for a per-image CPU step: --num_workers, at most one per image, at least one."""
+    return ["cpu"] * max(1, min(num_workers, num_images))
+
+
+def image_workers(device, num_workers, num_images):
+    """Devices of a per-image network step: one process per visible GPU on CUDA, else cpu_workers."""
+    if str(device).startswith("cuda"):
+        return local_devices(device, 0)
+    return cpu_workers(num_workers, num_images)
+
+
 def _worker_entry(worker_idx, worker_fn, shards, devices, args, error_queue):
     from misc.errors import DataError
     try:
@@ -107,6 +119,27 @@ def init_distributed(device):
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return rank, world, device
+
+
+def start_training(args):
+    """What every trainer does first: seed every generator, join torchrun's process group (when launched by it)
+    and take this process's device. Returns (rank, world, device, channels_last)."""
+    from misc.torchutils import seed_everything
+    seed_everything(args.seed)
+    rank, world, device = init_distributed(args.device)
+    return rank, world, device, str(device).startswith("cuda") and args.channels_last
+
+
+def per_process_batch(batch_size, num_items, world, step):
+    """The per-process batch that keeps the global batch `batch_size`, lowered (with a warning) when the items of
+    a process are fewer than one batch."""
+    per_process = batch_size // world
+    if per_process < 1 or num_items // world < per_process:
+        per_process = max(1, min(per_process, num_items // world))
+        import logging
+        logging.getLogger(__name__).warning("%s: %d images over %d process(es) are fewer than a batch; batch %d "
+                                            "per process", step, num_items, world, per_process)
+    return per_process
 
 
 def barrier():

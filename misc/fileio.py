@@ -130,9 +130,9 @@ class PseudoMaskFiles:
     def score(self, img_id):
         return os.path.join(self.score_dir, img_id + ".png")
 
-    def is_done(self, img_id):
-        return os.path.isfile(self.mask(img_id)) and os.path.isfile(self.score(img_id)) and \
-            (not self.save_palette or os.path.isfile(self.palette(img_id)))
+    def paths(self, img_id):
+        """The files of a finished image (misc/resume.pending), the mask last."""
+        return [self.score(img_id)] + ([self.palette(img_id)] if self.save_palette else []) + [self.mask(img_id)]
 
     def write(self, img_id, mask, score, palette):
         mask = mask.astype(np.uint8)
@@ -260,6 +260,14 @@ def load_step_label(path, img_id, image_size, made_by, what="label map", num_cla
     return label.astype(np.uint8)
 
 
+def check_label_files(label_dir, ids, what, made_by):
+    """Before training: every id has its <label_dir>/<id>.png, else one DataError naming the step that makes them."""
+    missing = [i for i in ids if not os.path.isfile(os.path.join(label_dir, i + ".png"))]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(ids)} {what}(s) are missing in {label_dir}, e.g. for image "
+                        f"{missing[0]}: run the {made_by} step on the same list first (--only {made_by})")
+
+
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 
@@ -286,6 +294,18 @@ def load_checkpoint(path, what="checkpoint", made_by=None):
     if isinstance(ckpt, dict) and all(hasattr(v, "shape") for v in ckpt.values()):
         return {"state_dict": ckpt}  # a bare state dict (e.g. converted elsewhere)
     raise DataError(f"{path} is not a valid {what}: expected a state dict{hint}")
+
+
+def load_weights(model, state_dict, path, what, made_by, fix=None):
+    """model.load_state_dict(state_dict) for the network loaders (load_classifier, load_irnet, load_affinity_net,
+    load_deeplab): a mismatch is one DataError, '<path> is not <what> of this project (<why>); <fix>'."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise DataError(f"{path} is not {what} of this project ({first}); "
+                        f"{fix or f'remake it with --overwrite {made_by}'}") from e
+    return model
 
 
 def check_writable_dir(path, flag="--work_dir"):

@@ -11,6 +11,12 @@ beside it. It holds
                      not compared).
 Resuming with the same settings keeps the record (and its id); `--overwrite <step>` deletes the step's outputs
 and starts again. Evaluation JSONs embed `run_info(args)` and the records of what they scored.
+
+What a rerun skips, the same way in every step, after `prepare` has accepted the settings:
+    pending(ids, outputs)         per-image outputs: the ids whose files are not all there (every file is written
+                                  atomically, misc/fileio.atomic_path, so a file that exists is complete);
+    checkpoint_done(path, ...)    a checkpoint (train_cam, train_irn, train_aff, DeepLab): it exists, so its
+                                  settings matched; it is loaded once to report a broken file now.
 """
 import datetime
 import functools
@@ -133,12 +139,11 @@ def prepare(args, step, output, settings, inputs=(), kind="dir", extra_outputs=(
         record = read_record(path, input_kind)
         input_ids[name] = record["id"] if record else None
     if step in (getattr(args, "overwrite", None) or ()):
-        if rank == 0 and not getattr(args, "_overwritten", {}).get(step):
+        if rank == 0:
             for path, path_kind in ((output, kind), *extra_outputs):
                 remove_outputs(path, path_kind)
             log.info("%s: --overwrite: removed the old outputs %s", step, output)
-        args._overwritten = {**getattr(args, "_overwritten", {}), step: True}  # once per run, not per call
-        _barrier(args, world)
+        _barrier(world)
     existing = read_record(output, kind)
     has_outputs = (os.path.isdir(output) and any(n != "settings.json" and not n.startswith(".")
                                                  for n in os.listdir(output))) if kind == "dir" \
@@ -169,8 +174,26 @@ def prepare(args, step, output, settings, inputs=(), kind="dir", extra_outputs=(
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             remove_stale_temps(os.path.dirname(os.path.abspath(output)))
         save_json(record_path(output, kind), record)
-    _barrier(args, world)
+    _barrier(world)
     return record
+
+
+def pending(ids, outputs):
+    """The ids still to do: outputs(img_id) gives the path, or the paths, of a finished id's files."""
+    def finished(img_id):
+        paths = outputs(img_id)
+        return all(os.path.isfile(p) for p in ([paths] if isinstance(paths, str) else paths))
+    return [i for i in ids if not finished(i)]
+
+
+def checkpoint_done(path, step, load):
+    """True when the checkpoint `path` exists (prepare() has compared its settings): load(path) reports a broken
+    file now, not in a later step. False: the step trains it."""
+    if not os.path.isfile(path):
+        return False
+    load(path)
+    log.info("%s exists with the same settings: keeping it (--overwrite %s retrains)", path, step)
+    return True
 
 
 def _short(value):
@@ -178,10 +201,11 @@ def _short(value):
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _barrier(args, world):
+def _barrier(world):
+    """Under torchrun, the other ranks wait for rank 0's removal and record (run_sample.run_steps has joined the
+    process group before the first step)."""
     if world > 1:
         from misc import dist
-        dist.init_distributed(args.device)
         dist.barrier()
 
 

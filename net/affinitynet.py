@@ -86,7 +86,7 @@ class AffinityNet(nn.Module):
 def load_affinity_net(path, backbone, num_classes, device="cpu"):
     """AffinityNet from sess/psa_aff.pth (weights_only). A checkpoint of another kind (IRNet, classifier), of
     another backbone, or trained on the labels of a dataset with another class count is a DataError."""
-    from misc.fileio import load_checkpoint
+    from misc.fileio import load_checkpoint, load_weights
     ckpt = load_checkpoint(path, "AffinityNet checkpoint", made_by="train_aff")
     state = ckpt["state_dict"]
     if ckpt.get("kind") != CHECKPOINT_KIND or "f9.weight" not in state:
@@ -101,10 +101,6 @@ def load_affinity_net(path, backbone, num_classes, device="cpu"):
         raise DataError(f"{path} was trained on the labels of a dataset with {ckpt.get('num_classes')} classes but "
                         f"the dataset has {num_classes}; use this dataset's work dir, or retrain with "
                         f"--overwrite train_aff")
-    model = AffinityNet(backbone, "none")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise DataError(f"{path} does not match the {backbone} AffinityNet ({str(e).splitlines()[0]}); remake it "
-                        f"with --overwrite train_aff") from e
+    model = load_weights(AffinityNet(backbone, "none"), state, path, f"a {backbone} AffinityNet checkpoint",
+                         "train_aff")
     return model.to(device).eval()

@@ -61,14 +61,8 @@ def check_class_count(state_dict, num_classes, path):
 
 def load_classifier(path, num_classes, device="cpu"):
     """The trained classifier theta_0 from `sess/res50_cam.pth` (weights_only load, class count checked)."""
-    from misc.fileio import load_checkpoint
+    from misc.fileio import load_checkpoint, load_weights
     ckpt = load_checkpoint(path, "classifier checkpoint", made_by="train_cam")
     check_class_count(ckpt["state_dict"], num_classes, path)
-    model = Net(num_classes)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        from misc.errors import DataError
-        raise DataError(f"{path} is not a classifier checkpoint of this project ({str(e).splitlines()[0]}); "
-                        f"remake it with --overwrite train_cam") from e
+    model = load_weights(Net(num_classes), ckpt["state_dict"], path, "a classifier checkpoint", "train_cam")
     return model.to(device).eval()

@@ -175,13 +175,7 @@ class AffinityDisplacementLoss(nn.Module):
 
 def load_irnet(path, device="cpu"):
     """IRNet from sess/res50_irn.pth (weights_only; the backbone's weights are in the checkpoint)."""
-    from misc.errors import DataError
-    from misc.fileio import load_checkpoint
+    from misc.fileio import load_checkpoint, load_weights
     ckpt = load_checkpoint(path, "IRNet checkpoint", made_by="train_irn")
-    model = IRNet("none")
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise DataError(f"{path} is not an IRNet checkpoint of this project ({str(e).splitlines()[0]}); "
-                        f"remake it with --overwrite train_irn") from e
+    model = load_weights(IRNet("none"), ckpt["state_dict"], path, "an IRNet checkpoint", "train_irn")
     return model.to(device).eval()

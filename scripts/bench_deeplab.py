@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab.losses import balanced_cross_entropy, msc_loss  # noqa: E402
 from deeplab.model import build_deeplab, parameter_groups  # noqa: E402
-from deeplab.predict import denormals_flushed, predict_logits, probabilities  # noqa: E402
+from deeplab.predict import predict_logits, probabilities  # noqa: E402
+from misc.torchutils import denormals_flushed  # noqa: E402
 from misc.cli import ArgumentParser, HelpFormatter, int_at_least, show_all_defaults, str2bool  # noqa: E402
 from misc.torchutils import autocast  # noqa: E402
 

@@ -7,12 +7,14 @@
 fast       step/rib.py as run_sample runs it: bf16 autocast and channels-last on CUDA (--amp, --channels_last),
            DataLoader workers preparing the other images ahead (--rib_loader_workers), the class index built once,
            one host sync per step right after the scale-1.0 forward, one worker per GPU.
-late       (with --bench_modes fast,late,...) the same code with its previous order: every step computed in
-           full (other scales, other images, backward) before the early-stop test, and the last, unused update
-           of the official aggregation made; the outputs are identical, the time shows what the early test
-           saves.
-reference  the official code's structure (step/rib_reference.py): fp32, the disjoint-image list rebuilt per image by scanning
-           --train_list, other images loaded in-process, .item() syncs for the early stops, one process.
+late       (with --bench_modes fast,late,...) step/rib.py's pieces in the previous order (late_finetune_image
+           below, passed to rib.run): every step computed in full (other scales, other images, backward) before
+           the early-stop tests, and the last, unused update of the official aggregation made (on the previous
+           step's other images: the stream holds one batch per useful update); the outputs are identical, the
+           time shows what the early test saves.
+reference  the official code's structure (step/rib_reference.py): fp32, the disjoint-image list rebuilt per
+           image by scanning --train_list, other images loaded in-process, .item() syncs for the early stops, one
+           process.
 Both draw the same other images (same (seed, image, step, slot) generators), so on CPU in fp32 their outputs
 should agree to rounding; the script prints s/image of both, the ratio, the largest difference of the maps, and
 the seed mIoU of both (step/eval_cam.evaluate_cam_dir, best threshold of the sweep) on the images with masks.
@@ -108,6 +110,55 @@ def ensure_classifier(args):
     return True
 
 
+# --- the late mode ------------------------------------------------------------------------------------------
+
+
+def late_finetune_image(model, target, next_others, cfg, device, forward=None, amp=False, channels_last=False,
+                        on_term=None):
+    """step.rib.rib_finetune_image with the tests after the whole step (one sync per step, after backward), and
+    every update made; the same maps."""
+    from step import rib
+    forward = forward or model.class_maps
+    x = rib.Target.prepare(target, cfg, device, channels_last)
+    optimizer = rib.make_optimizer(model, cfg)
+    cam = rib.CamSum(x.cam_at)
+    updates = batches = 0
+    others = {"img": torch.zeros(0)}  # no other images before the first batch (K = 1, official aggregation)
+    for k in range(cfg.last_cam_index + 1):
+        update = k < cfg.iters
+        merged, logits = {}, {}
+        for i in x.scales_of_step(update):
+            merged[i], logits[i] = rib.forward_target(forward, x.pairs[i], update and i in x.loss_at,
+                                                      x.pair_labels, cfg, device, amp)
+        over_margin = None
+        if update:
+            if k < cfg.updates:
+                others = next_others(k)
+                batches += 1
+            target_logits = [logits[i] for i in x.loss_at]
+            loss = rib.step_loss(forward, target_logits, x.pair_labels, others, cfg, device, amp, channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            over_margin = rib.margin_flag(target_logits, x.label, cfg)
+        explosion = rib.explosion_flag(merged[x.one_at], x.keys, cfg.explode_th, cfg.explode_ratio) \
+            if cfg.explode_stop and k >= 1 else None
+        margin, exploded = rib.read_flags(over_margin, explosion)
+        if exploded:
+            if cfg.aggregate == "official" and 1.0 in cfg.cam_scales:
+                cam.add(merged, [cfg.cam_scales.index(1.0)])
+            return rib.RIBImageResult(cam.sums, cam.terms, updates, batches, "explosion")
+        cam.add(merged)
+        if on_term is not None:
+            on_term(k, cam.sums)
+        if not update:
+            break
+        optimizer.step()
+        updates += 1
+        if margin:
+            return rib.RIBImageResult(cam.sums, cam.terms, updates, batches, "margin")
+    return rib.RIBImageResult(cam.sums, cam.terms, updates, batches, "completed")
+
+
 # --- driver ---------------------------------------------------------------------------------------------------
 
 
@@ -134,8 +185,7 @@ def run_mode(mode, args, ids, warmup_ids):
             f.write("\n".join(ids_now) + "\n")
         start = time.perf_counter()
         if mode in ("fast", "late"):
-            args._rib_early_checks = mode == "fast"
-            rib.run(args)
+            rib.run(args, finetune=late_finetune_image if mode == "late" else None)
         else:
             reference_rib(args, ids_now)
         if str(args.device).startswith("cuda"):

@@ -1,7 +1,8 @@
 """The pipeline's steps: one module per step, each with run(args), listed in execution order in STEPS.
 
-Two modules here are not steps: flags.py (every flag of the pipeline and the rule for where a default comes from)
-and demo.py (the demo's data and settings). run_sample.py parses the flags and runs the enabled steps.
+Three modules here are not steps: flags.py (every flag of the pipeline and the rule for where a default comes
+from), demo.py (the demo's data and settings) and rib_reference.py (the official RIB loop's structure, which the
+tests and scripts/bench_rib.py compare rib.py with). run_sample.py parses the flags and runs the enabled steps.
 """
 
 # Steps in execution order: (name, module in step/, on by default?). Each module has run(args). A step whose

@@ -9,18 +9,18 @@ Writes result/ir_label/<id>.png (uint8: 0 background, 1..C classes, 255 unsure).
 0.05; RIB's official run raised them to 0.35 / 0.17. CPU work in --num_workers processes (0 or 1: in-process);
 images whose PNG exists are skipped.
 """
+import functools
 import logging
 import os
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from misc import dist, resume
-from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
+from misc.cams import cam_dir as source_dir, check_cam_files, images_with_cams
 from misc.crf import crf_inference_label
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
+from misc.fileio import check_writable_dir, save_png
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,9 @@ def ir_label(img, record, fg_thres, bg_thres):
 def _work(worker_idx, ids, device, args):
     if not ids:
         return
-    spec = build_spec(args)
-    cam_dir = source_dir(args, args.ir_cam_source)
-    made_by = CAM_SOURCE_STEPS[args.ir_cam_source]
-    for img_id in tqdm(ids, desc=f"cam_to_ir_label[{worker_idx}]", position=worker_idx):
-        img = load_image_rgb(spec.image_path(img_id))
-        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-        check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+    cams = images_with_cams(build_spec(args), ids, source_dir(args, args.ir_cam_source), args.ir_cam_source,
+                            "cam_to_ir_label", worker_idx)
+    for img_id, img, record in cams:
         save_png(label_path(args, img_id), ir_label(img, record, args.conf_fg_thres, args.conf_bg_thres))
 
 
@@ -70,14 +66,13 @@ def run(args):
     resume.prepare(args, "cam_to_ir_label", args.ir_label_out_dir,
                    {"cam_source": args.ir_cam_source, "conf_fg_thres": args.conf_fg_thres,
                     "conf_bg_thres": args.conf_bg_thres}, inputs=[("cams", cam_dir, "dir")])
-    todo = [i for i in ids if not os.path.isfile(label_path(args, i))]
+    todo = resume.pending(ids, functools.partial(label_path, args))
     spec.check_ids(todo, "--infer_list", need_labels=False)
     check_cam_files(cam_dir, todo, args.ir_cam_source)
     log.info("cam_to_ir_label from %s (fg %.2f, bg %.2f): %d of %d images to do (%d already done)", cam_dir,
              args.conf_fg_thres, args.conf_bg_thres, len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
-    workers = max(1, min(args.num_workers, len(todo)))
-    dist.run_sharded(_work, todo, args, ["cpu"] * workers)
+    dist.run_sharded(_work, todo, args, dist.cpu_workers(args.num_workers, len(todo)))
     elapsed = time.perf_counter() - start
     log.info("cam_to_ir_label: %d images in %.1f s (%.2f s/image)", len(todo), elapsed,
              elapsed / max(len(todo), 1))

@@ -11,16 +11,16 @@ Writes result/psa_label/<id>.png (uint8: 0 background, 1..C classes, 255 unsure)
 and combines them per training crop after 8x8 pooling; one combined PNG per image is stored here (docs/psa.md).
 CPU work in --num_workers processes (0 or 1: in-process); images whose PNG exists are skipped.
 """
+import functools
 import logging
 import os
 import time
 
-from tqdm import tqdm
 
 from misc import dist, resume
-from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
+from misc.cams import cam_dir as source_dir, check_cam_files, images_with_cams
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import check_writable_dir, load_cam_npz, load_image_rgb, save_png
+from misc.fileio import check_writable_dir, save_png
 from net.psa_affinity import psa_label
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,9 @@ def label_path(args, img_id):
 def _work(worker_idx, ids, device, args):
     if not ids:
         return
-    spec = build_spec(args)
-    cam_dir = source_dir(args, args.psa_cam_source)
-    made_by = CAM_SOURCE_STEPS[args.psa_cam_source]
-    for img_id in tqdm(ids, desc=f"cam_to_psa_label[{worker_idx}]", position=worker_idx):
-        img = load_image_rgb(spec.image_path(img_id))
-        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-        check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+    cams = images_with_cams(build_spec(args), ids, source_dir(args, args.psa_cam_source), args.psa_cam_source,
+                            "cam_to_psa_label", worker_idx)
+    for img_id, img, record in cams:
         save_png(label_path(args, img_id), psa_label(img, record, args.psa_low_alpha, args.psa_high_alpha))
 
 
@@ -51,14 +47,14 @@ def run(args):
     resume.prepare(args, "cam_to_psa_label", args.psa_label_out_dir,
                    {"cam_source": args.psa_cam_source, "low_alpha": args.psa_low_alpha,
                     "high_alpha": args.psa_high_alpha}, inputs=[("cams", cam_dir, "dir")])
-    todo = [i for i in ids if not os.path.isfile(label_path(args, i))]
+    todo = resume.pending(ids, functools.partial(label_path, args))
     spec.check_ids(todo, "--infer_list", need_labels=False)
     check_cam_files(cam_dir, todo, args.psa_cam_source, flag="--psa_cam_source")
     log.info("cam_to_psa_label from %s (alpha low %g, high %g): %d of %d images to do (%d already done)", cam_dir,
              args.psa_low_alpha, args.psa_high_alpha, len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
     if todo:
-        dist.run_sharded(_work, todo, args, ["cpu"] * max(1, min(args.num_workers, len(todo))))
+        dist.run_sharded(_work, todo, args, dist.cpu_workers(args.num_workers, len(todo)))
     elapsed = time.perf_counter() - start
     log.info("cam_to_psa_label: %d images in %.1f s (%.2f s/image)", len(todo), elapsed,
              elapsed / max(len(todo), 1))

@@ -14,11 +14,15 @@ import logging
 import os
 import time
 
-from deeplab.predict import crf_settings, load_deeplab, predict_images
+import numpy as np
+
+from deeplab.model import load_deeplab
+from deeplab.predict import PredictionPlan, crf_settings, predict_images
 from misc import dist, resume
 from misc.datasets import build_spec, load_id_list
 from misc.errors import DataError
-from misc.fileio import check_writable_dir
+from misc.fileio import atomic_path, check_writable_dir, save_png
+from misc.imutils import color_palette
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,20 @@ def output_paths(pred_dir, save_prob, img_id):
     return {"pred": base + ".png", "palette": base + "_palette.png", "prob": base + "_prob.npz" if save_prob else None}
 
 
-def is_done(args, img_id):
-    paths = output_paths(args.deeplab_pred_dir, args.seg_save_logits, img_id)
-    return all(p is None or os.path.isfile(p) for p in paths.values())
+def output_files(args, img_id):
+    """The files of a finished image (resume.pending)."""
+    return [p for p in output_paths(args.deeplab_pred_dir, args.seg_save_logits, img_id).values() if p]
+
+
+def write_prediction(pred_dir, save_prob, img_id, pred, probs):
+    """The files of one image, the label map (which marks it done) last."""
+    paths = output_paths(pred_dir, save_prob, img_id)
+    if paths["prob"]:
+        with atomic_path(paths["prob"]) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, prob=probs.astype(np.float16))
+    save_png(paths["palette"], pred, palette=color_palette())
+    save_png(paths["pred"], pred)
 
 
 def settings(args, model_path):
@@ -63,7 +78,7 @@ def run(args):
     check_writable_dir(args.deeplab_pred_dir, "--work_dir")
     resume.prepare(args, "infer_deeplab", args.deeplab_pred_dir, settings(args, model_path),
                    inputs=[("deeplab", model_path, "file")])
-    todo = [i for i in ids if not is_done(args, i)]
+    todo = resume.pending(ids, functools.partial(output_files, args))
     log.info("infer_deeplab with %s (scales %s, flip %s, CRF %s): %d of %d images to do", model_path,
              ",".join(f"{s:g}" for s in args.seg_test_scales), args.seg_test_flip, args.seg_crf, len(todo), len(ids))
     if not todo:
@@ -71,10 +86,9 @@ def run(args):
     spec.check_ids(todo, "--seg_infer_list", need_labels=False)
     load_deeplab(model_path, spec.num_classes + 1, args.seg_arch, made_by)  # fail before spawning
     start = time.perf_counter()
-    plan = {"model_path": model_path, "made_by": made_by, "scales": args.seg_test_scales,
-            "flip": args.seg_test_flip, "crf": crf_settings(args) if args.seg_crf else None,
-            "crf_workers": args.num_workers, "desc": "infer_deeplab",
-            "paths": functools.partial(output_paths, args.deeplab_pred_dir, args.seg_save_logits)}
+    plan = PredictionPlan(model_path, made_by, args.seg_test_scales, args.seg_test_flip,
+                          crf_settings(args) if args.seg_crf else None, args.num_workers, "infer_deeplab",
+                          functools.partial(write_prediction, args.deeplab_pred_dir, args.seg_save_logits))
     predict_images(args, todo, plan)
     dist.barrier()  # under torchrun eval_deeplab reads every rank's predictions
     elapsed = time.perf_counter() - start

@@ -5,7 +5,6 @@ and summed over scales, the image's classes kept and each divided by its max. Wr
 (the CAM file format of misc/fileio.py). One worker per GPU / torchrun shard; finished images are skipped.
 """
 import logging
-import os
 import time
 
 import torch
@@ -13,22 +12,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from misc import dist, resume
-from misc.cams import multiscale_cam_maps, resize_and_sum, write_cam_record
+from misc.cams import cam_file, multiscale_cam_maps, resize_and_sum, write_cam_record
 from misc.datasets import MultiScaleDataset, build_spec, load_id_list
 from misc.fileio import check_writable_dir
 from misc.torchutils import autocast
 from net.resnet50_cam import load_classifier
 
 log = logging.getLogger(__name__)
-
-
-def cam_path(out_dir, img_id):
-    return os.path.join(out_dir, img_id + ".npz")
-
-
-def pending_ids(ids, out_dir):
-    """Ids whose output does not exist yet (outputs are atomic, so an existing file is complete)."""
-    return [i for i in ids if not os.path.isfile(cam_path(out_dir, i))]
 
 
 def _work(worker_idx, ids, device, args):
@@ -47,7 +37,7 @@ def _work(worker_idx, ids, device, args):
             maps = multiscale_cam_maps(model, pack["img"], device, channels_last,
                                        lambda: autocast(device, args.amp))
             strided, high_res = resize_and_sum(maps, tuple(pack["size"]))
-            write_cam_record(cam_path(args.cam_out_dir, pack["name"]), strided, high_res, pack["label"])
+            write_cam_record(cam_file(args.cam_out_dir, pack["name"]), strided, high_res, pack["label"])
 
 
 def run(args):
@@ -56,7 +46,7 @@ def run(args):
     check_writable_dir(args.cam_out_dir, "--work_dir")
     resume.prepare(args, "make_cam", args.cam_out_dir, {"cam_scales": list(args.cam_scales)},
                    inputs=[("classifier", args.cam_weights_path, "file")])
-    todo = pending_ids(ids, args.cam_out_dir)
+    todo = resume.pending(ids, lambda i: cam_file(args.cam_out_dir, i))
     spec.check_ids(todo, "--infer_list")
     if todo:
         load_classifier(args.cam_weights_path, spec.num_classes)  # fail now, not in every worker

@@ -17,17 +17,15 @@ the confidence make_sem_seg writes for IRN (make_seg_labels' round-one rule read
 One worker per GPU (and torchrun shards), --num_workers processes on CPU; finished images are skipped.
 """
 import logging
-import os
 import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import dist, imutils, resume
-from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
+from misc.cams import cam_dir as source_dir, check_cam_files, images_with_cams
 from misc.datasets import build_spec, load_id_list
-from misc.fileio import PseudoMaskFiles, check_writable_dir, load_cam_npz, load_image_rgb
+from misc.fileio import PseudoMaskFiles, check_writable_dir
 from misc.torchutils import autocast, bind_worker, to_device
 from net import psa_affinity
 from net.affinitynet import load_affinity_net
@@ -56,7 +54,6 @@ def _work(worker_idx, ids, device, args):
     bind_worker(device, max(1, args.num_workers))
     spec = build_spec(args)
     cam_dir = source_dir(args, args.psa_cam_source)
-    made_by = CAM_SOURCE_STEPS[args.psa_cam_source]
     model = load_affinity_net(args.psa_aff_weights_path, args.psa_backbone, spec.num_classes, device)
     channels_last = str(device).startswith("cuda") and args.channels_last
     if channels_last:
@@ -64,10 +61,8 @@ def _work(worker_idx, ids, device, args):
     palette = imutils.color_palette()
     files = output_files(args)
     with torch.inference_mode():
-        for img_id in tqdm(ids, desc=f"make_psa_sem_seg[{worker_idx}]", position=worker_idx):
-            img = load_image_rgb(spec.image_path(img_id))
-            record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-            check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+        for img_id, img, record in images_with_cams(spec, ids, cam_dir, args.psa_cam_source, "make_psa_sem_seg",
+                                                    worker_idx):
             features = affinity_features(model, img, device, channels_last, args.amp)
             high_res = torch.from_numpy(record["high_res"]).to(device)
             mask, score = psa_affinity.psa_pseudo_mask(high_res, record["keys"], features, img.shape[:2],
@@ -86,7 +81,7 @@ def run(args):
                    inputs=[("cams", cam_dir, "dir"), ("affinitynet", args.psa_aff_weights_path, "file")],
                    extra_outputs=[(args.sem_seg_psa_score_dir, "dir")])
     files = output_files(args)
-    todo = [i for i in ids if not files.is_done(i)]
+    todo = resume.pending(ids, files.paths)
     spec.check_ids(todo, "--infer_list", need_labels=False)
     if todo:
         check_cam_files(cam_dir, todo, args.psa_cam_source, flag="--psa_cam_source")
@@ -94,10 +89,8 @@ def run(args):
     log.info("make_psa_sem_seg from %s (alpha %g, beta %g, 2^%d steps): %d of %d images to do (%d already done)",
              cam_dir, args.psa_alpha, args.psa_beta, args.psa_logt, len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
-    on_cuda = str(args.device).startswith("cuda")
-    devices = dist.local_devices(args.device, 0 if on_cuda else max(1, min(args.num_workers, len(todo))))
     if todo:
-        dist.run_sharded(_work, todo, args, devices)
+        dist.run_sharded(_work, todo, args, dist.image_workers(args.device, args.num_workers, len(todo)))
     elapsed = time.perf_counter() - start
     log.info("make_psa_sem_seg: %d images in %.1f s (%.2f s/image)", len(todo), elapsed,
              elapsed / max(len(todo), 1))

@@ -17,19 +17,17 @@ value step 5 compares with the background threshold (make_seg_labels' round-one 
 GPU (and torchrun shards), --num_workers processes on CPU; finished images are skipped.
 """
 import logging
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc import dist, imutils, resume
-from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_files, check_cam_record
+from misc.cams import cam_dir as source_dir, check_cam_files, images_with_cams
 from misc.datasets import build_spec, load_id_list
 from misc.errors import DataError
-from misc.fileio import PseudoMaskFiles, check_writable_dir, load_cam_npz, load_checkpoint, load_image_rgb
+from misc.fileio import PseudoMaskFiles, check_writable_dir, load_checkpoint
 from misc.imutils import scale_pyramid
 from misc.torchutils import autocast, bind_worker, to_device
 from net import irn_affinity
@@ -83,7 +81,6 @@ def _work(worker_idx, ids, device, args):
     bind_worker(device, max(1, args.num_workers))
     spec = build_spec(args)
     cam_dir = source_dir(args, args.ir_cam_source)
-    made_by = CAM_SOURCE_STEPS[args.ir_cam_source]
     model = load_irnet(args.irn_weights_path, device)
     channels_last = str(device).startswith("cuda") and args.channels_last
     if channels_last:
@@ -91,10 +88,8 @@ def _work(worker_idx, ids, device, args):
     palette = imutils.color_palette()
     files = output_files(args)
     with torch.inference_mode():
-        for img_id in tqdm(ids, desc=f"make_sem_seg[{worker_idx}]", position=worker_idx):
-            img = load_image_rgb(spec.image_path(img_id))
-            record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
-            check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
+        for img_id, img, record in images_with_cams(spec, ids, cam_dir, args.ir_cam_source, "make_sem_seg",
+                                                    worker_idx):
             feat = imutils.strided_size(img.shape[:2], 4)
             if record["cam"].shape[1:] != feat:
                 raise DataError(f"{cam_dir}/{img_id}.npz: cam is {record['cam'].shape[1:]}, expected the stride-4 "
@@ -119,7 +114,7 @@ def run(args):
                    inputs=[("cams", cam_dir, "dir"), ("irnet", args.irn_weights_path, "file")],
                    extra_outputs=[(args.sem_seg_score_dir, "dir")])
     files = output_files(args)
-    todo = [i for i in ids if not files.is_done(i)]
+    todo = resume.pending(ids, files.paths)
     spec.check_ids(todo, "--infer_list", need_labels=False)
     if todo:
         check_cam_files(cam_dir, todo, args.ir_cam_source)
@@ -128,10 +123,8 @@ def run(args):
              "(%d already done)", cam_dir, args.sem_seg_power, args.beta, args.exp_times, args.sem_seg_bg_thres,
              len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
-    on_cuda = str(args.device).startswith("cuda")
-    devices = dist.local_devices(args.device, 0 if on_cuda else max(1, min(args.num_workers, len(todo))))
     if todo:
-        dist.run_sharded(_work, todo, args, devices)
+        dist.run_sharded(_work, todo, args, dist.image_workers(args.device, args.num_workers, len(todo)))
     elapsed = time.perf_counter() - start
     log.info("make_sem_seg: %d images in %.1f s (%.2f s/image)", len(todo), elapsed, elapsed / max(len(todo), 1))
     return len(todo)

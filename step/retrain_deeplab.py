@@ -12,18 +12,23 @@ import logging
 import os
 import time
 
-from deeplab.predict import crf_settings, load_deeplab, predict_images
+import numpy as np
+
+from deeplab.model import load_deeplab
+from deeplab.predict import PredictionPlan, crf_settings, predict_images
 from deeplab.train import train_segmentation
 from misc import dist, resume
-from misc.datasets import build_spec, load_id_list
+from misc.datasets import IGNORE, build_spec, load_id_list
 from misc.errors import DataError
-from misc.fileio import check_writable_dir
+from misc.fileio import check_writable_dir, load_label_png, save_png
 
 log = logging.getLogger(__name__)
 
 
-def fill_paths(round1_dir, filled_dir, img_id):
-    return {"round1": os.path.join(round1_dir, img_id + ".png"), "filled": os.path.join(filled_dir, img_id + ".png")}
+def write_filled_label(round1_dir, filled_dir, img_id, pred, probs):
+    """The filled label of one image: the round-one label, its ignored pixels taken from the prediction."""
+    round1 = load_label_png(os.path.join(round1_dir, img_id + ".png"))
+    save_png(os.path.join(filled_dir, img_id + ".png"), np.where(round1 == IGNORE, pred, round1).astype(np.uint8))
 
 
 def fill_labels(args):
@@ -40,7 +45,7 @@ def fill_labels(args):
                    extra_outputs=[(args.deeplab_retrain_weights_path, "file"),
                                   (os.path.splitext(args.deeplab_retrain_weights_path)[0] + ".resume.pth",
                                    "file")])
-    todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".png"))]
+    todo = resume.pending(ids, lambda i: os.path.join(out_dir, i + ".png"))
     if not todo:
         return 0
     spec.check_ids(todo, "--seg_train_list", need_labels=False)
@@ -53,10 +58,9 @@ def fill_labels(args):
              "(scales %s, flip %s, CRF %s)", len(todo), args.deeplab_weights_path,
              ",".join(f"{s:g}" for s in args.seg_test_scales), args.seg_test_flip, args.seg_retrain_crf)
     start = time.perf_counter()
-    plan = {"model_path": args.deeplab_weights_path, "made_by": "train_deeplab", "scales": args.seg_test_scales,
-            "flip": args.seg_test_flip, "crf": crf_settings(args) if args.seg_retrain_crf else None,
-            "crf_workers": args.num_workers, "desc": "retrain_deeplab fill",
-            "paths": functools.partial(fill_paths, args.seg_label_dir, out_dir)}
+    plan = PredictionPlan(args.deeplab_weights_path, "train_deeplab", args.seg_test_scales, args.seg_test_flip,
+                          crf_settings(args) if args.seg_retrain_crf else None, args.num_workers,
+                          "retrain_deeplab fill", functools.partial(write_filled_label, args.seg_label_dir, out_dir))
     predict_images(args, todo, plan)
     dist.barrier()  # under torchrun every rank trains on all filled labels
     log.info("retrain_deeplab: %d labels filled in %.1f s", len(todo), time.perf_counter() - start)

@@ -16,6 +16,7 @@ worker a DataLoader over `RIBStream` prepares the target pyramids and the other-
 Determinism: the other images of step k of image x depend only on (--seed, x, k, slot), never on the order or the
 worker that processes x (see `draw_generator`).
 """
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -29,14 +30,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from misc import dist, resume, runlog
-from misc.cams import resize_and_sum, write_cam_record
+from misc.cams import cam_file, resize_and_sum, write_cam_record
 from misc.datasets import build_spec, load_id_list
 from misc.errors import DataError
 from misc.fileio import check_writable_dir, load_image_rgb, save_cam_npz
 from misc.imutils import classification_augment, scale_pyramid, strided_size
-from net.rib_loss import finetune_loss, gap_pool, gndrp_pool
-from misc.torchutils import PolyOptimizer, autocast, bind_worker, poly_param_groups, to_device
+from misc.torchutils import (PolyOptimizer, autocast, bind_worker, denormals_flushed, poly_param_groups,
+                             to_device)
 from net.resnet50_cam import flip_merged_cam, load_classifier
+from net.rib_loss import finetune_loss, gap_pool, gndrp_pool
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RIBConfig:
-    """The values of one RIB run (taken from the --rib_* flags, see run_sample.py's RIB group)."""
+    """The values of one RIB run (taken from the --rib_* flags, the RIB group of step/flags.py). The defaults are
+    the command line's for VOC: the official equations (--rib_equations official), so RIBConfig() is the
+    published run (tests/test_rib.py checks both agree)."""
     iters: int = 10
     lr: float = 8e-6
     weight_decay: float = 1e-4
@@ -54,14 +58,14 @@ class RIBConfig:
     official_momentum_bug: bool = True
     pooling: str = "gndrp"
     tau: float = 0.4
-    gndrp_norm: str = "paper"
+    gndrp_norm: str = "official"
     loss: str = "rib"
     margin: float = 600.0
-    margin_mode: str = "paper"
+    margin_mode: str = "official"
     explode_stop: bool = True
     explode_th: float = 0.3
     explode_ratio: float = 0.7
-    aggregate: str = "paper"
+    aggregate: str = "official"
     cam_scales: tuple = (1.0, 0.5, 1.5, 2.0)
     loss_scales: tuple = (1.0, 1.5, 2.0)
 
@@ -84,6 +88,12 @@ class RIBConfig:
     def last_cam_index(self):
         """k of the last model whose CAM is summed: K (paper, theta_0..theta_K) or K-1 (official)."""
         return self.iters if self.aggregate == "paper" else self.iters - 1
+
+    @property
+    def updates(self):
+        """Updates per image without an early stop: those whose model adds a later CAM (k < last_cam_index), so
+        also the other-image batches the stream prepares per image."""
+        return self.last_cam_index
 
     def check(self):
         if self.iters < 0:
@@ -180,9 +190,7 @@ class RIBStream(IterableDataset):
         self.pool = pool
         cfg = RIBConfig.from_args(args)
         self.forward_scales = cfg.forward_scales
-        # other-image batches per image: one per update whose model adds a CAM (the benchmark's previous
-        # behaviour, early_checks off, also made the last update)
-        self.iters = cfg.last_cam_index if getattr(args, "_rib_early_checks", True) else cfg.iters
+        self.iters = cfg.updates  # other-image batches per image: one per update
         self.count = args.rib_batch
         self.crop = args.rib_crop_size
         self.resize_long = tuple(int(v) for v in args.cam_resize_long)  # classifier-training augmentation
@@ -196,9 +204,7 @@ class RIBStream(IterableDataset):
                 self.plan += [("others", j, k) for k in range(self.iters)]
 
     def label(self, img_id):
-        """The target's labels; all zero for an id missing from the label table (the official COCO path)."""
-        label = self.spec.labels.get(img_id)
-        return np.zeros(self.spec.num_classes, np.float32) if label is None else label
+        return self.spec.label_or_background(img_id)  # all zero for an unannotated image (the official COCO path)
 
     def has_labels(self, img_id):
         return bool(self.label(img_id).any())
@@ -239,7 +245,7 @@ def stream_loader(stream, num_workers, pin_memory):
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 
-# --- one image ------------------------------------------------------------------------------------------------
+# --- one image: the steps of the paper as small functions -------------------------------------------------
 
 
 @dataclass
@@ -251,153 +257,179 @@ class RIBImageResult:
     stop: str           # 'completed', 'explosion' or 'margin'
 
 
+@dataclass
+class Target:
+    """The target on the device: its (image, flipped image) pair per forward scale, labels and true classes, and
+    where each forward scale goes (the CAM sum, the loss, the explosion test)."""
+    pairs: list         # (2, 3, h, w) per cfg.forward_scales
+    label: torch.Tensor  # (C,)
+    pair_labels: torch.Tensor  # (2, C): the label of both rows of a pair
+    keys: torch.Tensor  # the true class indices
+    cam_at: list        # forward index of each CAM scale
+    loss_at: list       # forward index of each loss scale
+    one_at: int         # forward index of scale 1.0 (None when absent; the explosion test needs it)
+
+    @classmethod
+    def prepare(cls, target, cfg, device, channels_last):
+        label = target["label"].to(device=device, dtype=torch.float32)
+        scales = cfg.forward_scales
+        return cls(pairs=[to_device(p, device, channels_last) for p in target["img"]], label=label,
+                   pair_labels=label.expand(2, -1),
+                   keys=torch.nonzero(target["label"] > 0, as_tuple=False).flatten().to(device),
+                   cam_at=[scales.index(s) for s in cfg.cam_scales],
+                   loss_at=[scales.index(s) for s in cfg.loss_scales if s in scales],
+                   one_at=scales.index(1.0) if 1.0 in scales else None)
+
+    def scales_of_step(self, update):
+        """Forward indices of one step, in order: scale 1.0 first (the early-stop tests read it); without an update
+        the loss-only scales are left out (they add nothing to the CAM)."""
+        first = [self.one_at] if self.one_at is not None else []
+        order = first + [i for i in range(len(self.pairs)) if i != self.one_at]
+        return [i for i in order if update or i in self.cam_at or i == self.one_at]
+
+
+class CamSum:
+    """M = sum over the models theta_k of their flip-merged CAMs, one sum per CAM scale (on the device)."""
+
+    def __init__(self, cam_at):
+        self.cam_at = cam_at
+        self.sums = [None] * len(cam_at)
+        self.terms = [0] * len(cam_at)
+
+    def add(self, merged, which=None):
+        """Add theta_k's CAMs (merged: forward index -> map) at the CAM scales `which` (default: all)."""
+        for n in range(len(self.cam_at)) if which is None else which:
+            cam = merged[self.cam_at[n]]
+            self.sums[n] = cam if self.sums[n] is None else self.sums[n] + cam
+            self.terms[n] += 1
+
+
+def make_optimizer(model, cfg):
+    """A fresh optimiser per image: SGD with poly decay over K, 10x lr on the classifier (layer3, layer4 and the
+    classifier are trainable)."""
+    backbone, head = model.trainable_parameter_groups()
+    return PolyOptimizer(poly_param_groups(backbone, head, cfg.lr, cfg.weight_decay), cfg.lr, cfg.weight_decay,
+                         cfg.iters, cfg.momentum, cfg.official_momentum_bug)
+
+
 def pool_logits(class_maps, labels, cfg):
     if cfg.pooling == "gap":
         return gap_pool(class_maps)
     return gndrp_pool(class_maps, labels, cfg.tau, cfg.gndrp_norm)
 
 
+def forward_target(forward, pair, grad, pair_labels, cfg, device, amp):
+    """theta_k on the target at one scale: the flip-merged CAM and, with grad (a loss scale of an update step),
+    the pooled logits of both rows."""
+    with torch.set_grad_enabled(grad), autocast(device, amp):
+        maps = forward(pair)
+    maps = maps.float()
+    return flip_merged_cam(maps.detach()), (pool_logits(maps, pair_labels, cfg) if grad else None)
+
+
+def step_loss(forward, target_logits, pair_labels, others, cfg, device, amp, channels_last):
+    """L_RIB (or the ablation's loss) of one step over the target's rows and the other images' rows."""
+    logits, labels = list(target_logits), [pair_labels] * len(target_logits)
+    if others["img"].shape[0] > 0:
+        x = to_device(others["img"], device, channels_last)
+        other_labels = others["label"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            other_maps = forward(x)
+        logits.append(pool_logits(other_maps.float(), other_labels, cfg))
+        labels.append(other_labels)
+    return finetune_loss(torch.cat(logits), torch.cat(labels), cfg.loss, cfg.margin, cfg.margin_mode)
+
+
+def margin_flag(target_logits, label, cfg):
+    """Official margin stop (--rib_margin_mode official): the target's summed true-class logit of this step over
+    m, as a 0-dim bool tensor (no host sync; read at the next step's sync). None when the stop is off."""
+    if cfg.margin_mode != "official" or cfg.loss != "rib":
+        return None
+    return (torch.cat(target_logits).detach() * label).sum().abs() > cfg.margin
+
+
 def explosion_flag(cam, keys, th, ratio):
-    """Official explosion test on the scale-1.0 flip-merged CAM: each true class divided by its max, a pixel is
-    'on' when any true class exceeds th; True (a 0-dim tensor, no host sync) when the 'on' share exceeds ratio."""
+    """Official explosion test on the scale-1.0 flip-merged CAM: each true class divided by its max + 1e-5 (as the
+    official code), a pixel is 'on' when any true class exceeds th; True (a 0-dim tensor, no host sync) when the
+    'on' share exceeds ratio."""
     maps = cam[keys]
-    peak = maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
-    on = (maps / peak > th).any(dim=0)
+    on = (maps / (maps.amax(dim=(1, 2), keepdim=True) + 1e-5) > th).any(dim=0)
     return on.float().mean() > ratio
 
 
+def read_flags(*flags):
+    """One host sync for the given 0-dim bool tensors (None reads as False; no sync when all are None)."""
+    present = [f for f in flags if f is not None]
+    values = iter(torch.stack(present).tolist() if present else [])
+    return [bool(next(values)) if f is not None else False for f in flags]
+
+
+def early_stop(k, merged_one, keys, over_margin, cfg):
+    """The early-stop tests of step k, right after its first forward, with one host sync: 'margin' when the
+    previous update went over the margin, 'explosion' when theta_k's scale-1.0 CAM covers too much of the image
+    (k >= 1), else None."""
+    explosion = explosion_flag(merged_one, keys, cfg.explode_th, cfg.explode_ratio) \
+        if cfg.explode_stop and k >= 1 else None
+    margin, exploded = read_flags(over_margin, explosion)
+    return "margin" if margin else "explosion" if exploded else None
+
+
 def rib_finetune_image(model, target, next_others, cfg, device, forward=None, amp=False, channels_last=False,
-                       on_term=None, early_checks=True):
+                       on_term=None):
     """Fine-tune `model` (already reset to theta_0) on one target and return the summed CAMs.
 
     target: {'img': [(2, 3, h, w) per cfg.forward_scales], 'label': (C,)}; next_others(k): the other images of
     step k, {'img': (n, 3, crop, crop), 'label': (n, C)}. on_term(k, sums) is called each time the CAM of theta_k
     has been added (for --rib_save_iters).
 
-    Step k: forward the target at scale 1.0 first; at k >= 1 ONE host sync then decides both early stops (below),
-    as the official code tests right after that forward, so a stopped step costs one forward and nothing else.
-    Then the other scales (with gradient at the loss scales; the CAM of theta_k comes from these same maps), the
-    other images, backward and the update. Only updates whose model adds a later CAM are made: with the official
-    aggregation (k = 0..K-1) the last step's loss, backward and update are skipped (the official code computes
-    them and throws them away), the CAMs being identical.
+    Step k: forward the target at scale 1.0; the early-stop tests (one host sync, as the official code tests right
+    after that forward, so a stopped step costs one forward); the other scales (the CAM of theta_k comes from the
+    same maps as the loss); the other images, the loss and backward; add theta_k's CAM; the update. Only the
+    updates whose model adds a later CAM are made (cfg.updates): with the official aggregation (k = 0..K-1) the
+    last step's loss and update, which the official code computes and throws away, are skipped.
     Early stops (docs/rib.md):
-      * explosion (k >= 1): the CAM of theta_k covers too much of the image. theta_k adds no CAM ('paper'
-        aggregation) -- or, with --rib_aggregate official, only its scale-1.0 CAM, as the official code which
-        tests after adding scale 1.0 and before the other scales;
-      * margin (--rib_margin_mode official): after the update of step k, if the target's summed true-class logit
-        of step k exceeded m. theta_{k+1} never adds a CAM (also not as the paper's final model). The flag of
-        step k is read at the sync of step k + 1.
-    early_checks=False runs every step in full before testing (the previous behaviour; kept for
-    scripts/bench_rib.py to measure the difference; the outputs are the same).
+      * explosion (k >= 1): theta_k adds no CAM ('paper' aggregation) -- or, with --rib_aggregate official, only
+        its scale-1.0 CAM, as the official code which tests after adding scale 1.0 and before the other scales;
+      * margin (--rib_margin_mode official): the update of step k went over m; theta_{k+1} adds no CAM.
     """
     forward = forward or model.class_maps
-    label = target["label"].to(device=device, dtype=torch.float32)
-    keys = torch.nonzero(target["label"] > 0, as_tuple=False).flatten().to(device)
-    pairs = [to_device(p, device, channels_last) for p in target["img"]]
-    scales = cfg.forward_scales
-    cam_at = [scales.index(s) for s in cfg.cam_scales]
-    loss_at = [scales.index(s) for s in cfg.loss_scales if s in scales]
-    one_at = scales.index(1.0) if 1.0 in scales else None
-    # scale 1.0 first (the explosion test needs it); the logits still enter the loss in the order of the scales
-    order = ([one_at] if one_at is not None else []) + [i for i in range(len(scales)) if i != one_at]
-    pair_labels = label.expand(2, -1)
-    official_margin = cfg.margin_mode == "official" and cfg.loss == "rib"
-
-    backbone, head = model.trainable_parameter_groups()
-    optimizer = PolyOptimizer(poly_param_groups(backbone, head, cfg.lr, cfg.weight_decay), cfg.lr,
-                              cfg.weight_decay, cfg.iters, cfg.momentum, cfg.official_momentum_bug)
-    sums = [None] * len(cam_at)
-    terms = [0] * len(cam_at)
+    x = Target.prepare(target, cfg, device, channels_last)
+    optimizer = make_optimizer(model, cfg)
+    cam = CamSum(x.cam_at)
     updates = batches = 0
-    stop = "completed"
-    margin_flag = None  # 0-dim bool tensor of the last update, read at the next sync
-
-    def add(merged, which):
-        for n in which:
-            sums[n] = merged[cam_at[n]] if sums[n] is None else sums[n] + merged[cam_at[n]]
-            terms[n] += 1
-
-    def read_flags(*flags):
-        """The one host sync of a step: the given 0-dim bool tensors (None stays False)."""
-        present = [f for f in flags if f is not None]
-        values = iter(torch.stack(present).tolist() if present else [])
-        return [bool(next(values)) if f is not None else False for f in flags]
-
-    # early_checks=False (the previous behaviour, for the benchmark) also made the last, unused update
-    last_update = cfg.last_cam_index if early_checks else cfg.iters
+    over_margin = None  # the margin flag of the last update, read at the next step's sync
     for k in range(cfg.last_cam_index + 1):
-        update = k < last_update  # this step's update matters only if a later model adds a CAM
-        merged, logits_at = [None] * len(scales), {}
-        explosion = None
-        first = True
-        for i in order:
-            if not update and i not in cam_at and i != one_at:
-                continue  # a loss-only scale adds nothing to the last model's CAM
-            grad = update and i in loss_at
-            with torch.set_grad_enabled(grad), autocast(device, amp):
-                maps = forward(pairs[i])
-            maps = maps.float()
-            merged[i] = flip_merged_cam(maps.detach())
-            if grad:
-                logits_at[i] = pool_logits(maps, pair_labels, cfg)
-            if first and cfg.explode_stop and k >= 1:
-                explosion = explosion_flag(merged[one_at], keys, cfg.explode_th, cfg.explode_ratio)
-            if first and early_checks and (margin_flag is not None or explosion is not None):
-                over_margin, exploded = read_flags(margin_flag, explosion)
-                margin_flag = explosion = None
-                if over_margin or exploded:
-                    stop = "margin" if over_margin else "explosion"
-                    break
-            first = False
-        if stop == "margin":
-            break
-        if update and stop == "completed":
-            target_logits = [logits_at[i] for i in loss_at]
-            logits, labels = list(target_logits), [pair_labels] * len(target_logits)
-            others = next_others(k)
+        update = k < cfg.updates
+        first, *rest = x.scales_of_step(update)
+        merged, logits = {}, {}
+        merged[first], logits[first] = forward_target(forward, x.pairs[first], update and first in x.loss_at,
+                                                      x.pair_labels, cfg, device, amp)
+        stop = early_stop(k, merged.get(x.one_at), x.keys, over_margin, cfg)
+        if stop == "explosion" and cfg.aggregate == "official" and 1.0 in cfg.cam_scales:
+            cam.add(merged, [cfg.cam_scales.index(1.0)])  # the official code added it before the test
+        if stop is not None:
+            return RIBImageResult(cam.sums, cam.terms, updates, batches, stop)
+        for i in rest:
+            merged[i], logits[i] = forward_target(forward, x.pairs[i], update and i in x.loss_at, x.pair_labels,
+                                                  cfg, device, amp)
+        if update:
+            target_logits = [logits[i] for i in x.loss_at]
+            loss = step_loss(forward, target_logits, x.pair_labels, next_others(k), cfg, device, amp, channels_last)
             batches += 1
-            if others["img"].shape[0] > 0:
-                x = to_device(others["img"], device, channels_last)
-                other_labels = others["label"].to(device, non_blocking=True)
-                with autocast(device, amp):
-                    other_maps = forward(x)
-                logits.append(pool_logits(other_maps.float(), other_labels, cfg))
-                labels.append(other_labels)
-            loss = finetune_loss(torch.cat(logits), torch.cat(labels), cfg.loss, cfg.margin, cfg.margin_mode)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if official_margin:
-                margin_flag = (torch.cat(target_logits).detach() * label).sum().abs() > cfg.margin
-        late_margin = False
-        if not early_checks and (explosion is not None or margin_flag is not None):
-            late_margin, exploded = read_flags(margin_flag, explosion)
-            margin_flag = None
-            if exploded:
-                stop = "explosion"
-        if stop == "explosion":
-            if cfg.aggregate == "official" and 1.0 in cfg.cam_scales:
-                add(merged, [cfg.cam_scales.index(1.0)])
-            break
-        add(merged, range(len(cam_at)))
+            over_margin = margin_flag(target_logits, x.label, cfg)
+        cam.add(merged)
         if on_term is not None:
-            on_term(k, sums)
+            on_term(k, cam.sums)
         if not update:
             break
         optimizer.step()
         updates += 1
-        if late_margin:
-            stop = "margin"
-            break
-    if stop == "completed" and margin_flag is not None and read_flags(margin_flag)[0]:
-        stop = "margin"  # the last update went over the margin: no later CAM was due anyway
-    return RIBImageResult(sums, terms, updates, batches, stop)
+    return RIBImageResult(cam.sums, cam.terms, updates, batches, "completed")
 
 
 # --- outputs --------------------------------------------------------------------------------------------------
-
-
-def rib_path(out_dir, img_id):
-    return os.path.join(out_dir, img_id + ".npz")
 
 
 def iters_dir(out_dir, k):
@@ -405,18 +437,14 @@ def iters_dir(out_dir, k):
     return os.path.join(out_dir.rstrip("/\\") + "_iters", f"k{k:02d}")
 
 
-def required_outputs(args, img_id):
-    paths = [rib_path(args.rib_out_dir, img_id)]
+def output_files(args, img_id):
+    """The files of a finished image, the main one last (it is written last): with --rib_save_iters also the
+    maps summed up to each theta_k."""
+    paths = []
     if args.rib_save_iters:
         last = RIBConfig.from_args(args).last_cam_index
-        paths += [rib_path(iters_dir(args.rib_out_dir, k), img_id) for k in range(last + 1)]
-    return paths
-
-
-def pending_ids(args, ids):
-    """Ids with an output missing. Outputs are written atomically (a leftover temp file is not <id>.npz), and the
-    main output is written last, so an image whose files all exist is complete."""
-    return [i for i in ids if not all(os.path.isfile(p) for p in required_outputs(args, i))]
+        paths += [cam_file(iters_dir(args.rib_out_dir, k), img_id) for k in range(last + 1)]
+    return paths + [cam_file(args.rib_out_dir, img_id)]
 
 
 def write_background_record(path, size):
@@ -429,104 +457,97 @@ def write_background_record(path, size):
 # --- workers --------------------------------------------------------------------------------------------------
 
 
-def _rib_worker(worker_idx, ids, device, args):
+def _rib_worker(worker_idx, ids, device, args, local_workers, finetune):
     if not ids:
         return
     if not logging.getLogger().handlers:  # a spawned worker: log to the console and the run log
         runlog.setup(os.path.join(args.work_dir, "run.log"))
     cuda = str(device).startswith("cuda")
     threads = torch.get_num_threads()
-    bind_worker(device, args.rib_num_local_workers)
-    if not cuda:
+    bind_worker(device, local_workers)
+    try:
         # Denormal floats (tiny activations, common in fine-tuned and random networks) take a slow CPU path:
         # measured 3-4x slower forwards here. Flushing them to zero changes nothing above 1e-38.
-        torch.set_flush_denormal(True)
-    try:
-        _rib_images(worker_idx, ids, device, args, cuda)
+        with denormals_flushed(not cuda):
+            RIBWorker(ids, device, args, finetune).run(worker_idx)
     finally:
         torch.set_num_threads(threads)
-        if not cuda:
-            torch.set_flush_denormal(False)  # the process default (the worker may run in the caller's process)
 
 
-def _rib_images(worker_idx, ids, device, args, cuda):
-    cfg = RIBConfig.from_args(args)
-    spec = build_spec(args)
-    model = load_classifier(args.cam_weights_path, spec.num_classes, device)
-    channels_last = cuda and args.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # theta_0 kept on the device; copied back into the same parameter tensors before every image
-    theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    forward = model.class_maps
-    if args.rib_compile:
-        forward = torch.compile(model.class_maps, dynamic=None)
-    pool = OtherImagePool(spec, load_id_list(args.train_list, "--train_list"))
-    stream = RIBStream(spec, ids, pool, args)
-    items = iter(stream_loader(stream, args.rib_loader_workers, cuda))
-    stops = {"completed": 0, "explosion": 0, "margin": 0, "no labels": 0}
-    bar = tqdm(total=len(ids), desc=f"rib[{worker_idx}]", position=worker_idx, unit="img", dynamic_ncols=True)
-    for j, img_id in enumerate(ids):
-        try:
-            stop = _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device, channels_last)
-        except DataError:
-            raise  # names its file (the loader may be ahead of img_id)
-        except Exception as e:
-            raise RuntimeError(f"RIB failed on image {img_id}: {type(e).__name__}: {e}") from e
-        stops[stop] += 1
-        bar.update(1)
-    bar.close()
-    log.info("rib worker %d (%s): %d images; %s", worker_idx, device, len(ids),
-             ", ".join(f"{v} {k}" for k, v in stops.items() if v))
+class RIBWorker:
+    """One worker's images: the classifier and theta_0 on its device, the stream of its targets and other images
+    (prepared ahead by DataLoader workers), and what is written per image."""
 
+    def __init__(self, ids, device, args, finetune):
+        self.ids, self.device, self.args, self.finetune = ids, device, args, finetune
+        self.cfg = RIBConfig.from_args(args)
+        cuda = str(device).startswith("cuda")
+        spec = build_spec(args)
+        self.model = load_classifier(args.cam_weights_path, spec.num_classes, device)
+        self.channels_last = cuda and args.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # theta_0 kept on the device; copied back into the same parameter tensors before every image
+        self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.forward = torch.compile(self.model.class_maps, dynamic=None) if args.rib_compile else \
+            self.model.class_maps
+        pool = OtherImagePool(spec, load_id_list(args.train_list, "--train_list"))
+        self.stream = RIBStream(spec, ids, pool, args)
+        self.items = iter(stream_loader(self.stream, args.rib_loader_workers, cuda))
 
-def _next_item(items, kind, j, k=-1):
-    item = next(items)
-    if item["j"] != j or item["k"] != k or item["kind"] not in (kind, "skipped"):
-        raise RuntimeError(f"RIB stream out of order: expected {kind} {j}/{k}, got {item['kind']} "
-                           f"{item['j']}/{item['k']}")
-    return item
+    def run(self, worker_idx):
+        stops = {"completed": 0, "explosion": 0, "margin": 0, "no labels": 0}
+        for j, img_id in enumerate(tqdm(self.ids, desc=f"rib[{worker_idx}]", position=worker_idx, unit="img",
+                                        dynamic_ncols=True)):
+            try:
+                stops[self.image(j, img_id)] += 1
+            except DataError:
+                raise  # names its file (the loader may be ahead of img_id)
+            except Exception as e:
+                raise RuntimeError(f"RIB failed on image {img_id}: {type(e).__name__}: {e}") from e
+        log.info("rib worker %d (%s): %d images; %s", worker_idx, self.device, len(self.ids),
+                 ", ".join(f"{v} {k}" for k, v in stops.items() if v))
 
+    def next_item(self, kind, j, k=-1):
+        item = next(self.items)
+        if item["j"] != j or item["k"] != k or item["kind"] not in (kind, "skipped"):
+            raise RuntimeError(f"RIB stream out of order: expected {kind} {j}/{k}, got {item['kind']} "
+                               f"{item['j']}/{item['k']}")
+        return item
 
-def _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device, channels_last):
-    target = _next_item(items, "target", j)
-    size = tuple(int(v) for v in target["size"])
-    out = rib_path(args.rib_out_dir, img_id)
-    if not bool(target["label"].any()):
-        # COCO's 1,069 unannotated images: counted in the worker's summary ('no labels'), not one warning each
-        log.debug("rib: image %s has no image-level label; writing an all-background record", img_id)
-        if args.rib_save_iters:
-            for k in range(cfg.last_cam_index + 1):
-                write_background_record(rib_path(iters_dir(args.rib_out_dir, k), img_id), size)
-        write_background_record(out, size)
-        return "no labels"
+    def image(self, j, img_id):
+        """Fine-tune on image j from theta_0 and write its maps; returns how it stopped."""
+        args, cfg = self.args, self.cfg
+        target = self.next_item("target", j)
+        size = tuple(int(v) for v in target["size"])
+        *iter_files, out = output_files(args, img_id)
+        if not bool(target["label"].any()):
+            # COCO's 1,069 unannotated images: counted in the worker's summary ('no labels'), not one warning each
+            log.debug("rib: image %s has no image-level label; writing an all-background record", img_id)
+            for path in iter_files + [out]:
+                write_background_record(path, size)
+            return "no labels"
+        self.model.load_state_dict(self.theta0)  # reset to theta_0: nothing leaks from one image to the next
+        written = set()
 
-    model.load_state_dict(theta0)  # reset to theta_0: nothing leaks from one image to the next
-    written = set()
+        def save_term(k, sums):
+            write_cam_record(iter_files[k], *resize_and_sum(sums, size), target["label"])
+            written.add(k)
 
-    def save_term(k, sums):
-        write_cam_record(rib_path(iters_dir(args.rib_out_dir, k), img_id), *resize_and_sum(sums, size),
-                         target["label"])
-        written.add(k)
-
-    result = rib_finetune_image(model, target, lambda k: _next_item(items, "others", j, k), cfg, device,
-                                forward, args.amp, channels_last, save_term if args.rib_save_iters else None,
-                                early_checks=getattr(args, "_rib_early_checks", True))
-    # drain the other-image batches an early stop left unused (workers skip loading them)
-    if result.batches < stream.iters:
-        stream.skip_below.value = j + 1
-        for k in range(result.batches, stream.iters):
-            _next_item(items, "others", j, k)
-    strided, high_res = resize_and_sum(result.sums, size)
-    if args.rib_save_iters:  # after an early stop every later k holds the final map (a longer run stops too)
-        for k in range(cfg.last_cam_index + 1):
+        result = self.finetune(self.model, target, lambda k: self.next_item("others", j, k), cfg, self.device,
+                               self.forward, args.amp, self.channels_last, save_term if iter_files else None)
+        if result.batches < self.stream.iters:  # drain what an early stop left unused (workers skip loading it)
+            self.stream.skip_below.value = j + 1
+            for k in range(result.batches, self.stream.iters):
+                self.next_item("others", j, k)
+        strided, high_res = resize_and_sum(result.sums, size)
+        for k, path in enumerate(iter_files):  # after an early stop every later k holds the final map
             if k not in written:
-                write_cam_record(rib_path(iters_dir(args.rib_out_dir, k), img_id), strided, high_res,
-                                 target["label"])
-    write_cam_record(out, strided, high_res, target["label"])
-    log.debug("rib %s: %s after %d updates, CAM terms per scale %s", img_id, result.stop, result.updates,
-              result.terms)
-    return result.stop
+                write_cam_record(path, strided, high_res, target["label"])
+        write_cam_record(out, strided, high_res, target["label"])
+        log.debug("rib %s: %s after %d updates, CAM terms per scale %s", img_id, result.stop, result.updates,
+                  result.terms)
+        return result.stop
 
 
 def settings(args):
@@ -536,7 +557,9 @@ def settings(args):
             "train_list": resume.file_digest(args.train_list)}
 
 
-def run(args):
+def run(args, finetune=None):
+    """The step. finetune: the per-image fine-tuning, rib_finetune_image unless given (scripts/bench_rib.py passes
+    its late-check variant; a changed method can pass its own)."""
     cfg = RIBConfig.from_args(args)
     cfg.check()
     spec = build_spec(args)
@@ -546,7 +569,7 @@ def run(args):
     resume.prepare(args, "rib", args.rib_out_dir, settings(args),
                    inputs=[("classifier", args.cam_weights_path, "file")],
                    extra_outputs=[(args.rib_out_dir.rstrip("/\\") + "_iters", "dir")])
-    todo = pending_ids(args, ids)
+    todo = resume.pending(ids, functools.partial(output_files, args))
     log.info("rib: %d of %d images to do (%d already done); K=%d, lr %g, %d other images per step, %s pooling "
              "(%s norm), %s margin %g, %s aggregation", len(todo), len(ids), len(ids) - len(todo), cfg.iters,
              cfg.lr, args.rib_batch, cfg.pooling, cfg.gndrp_norm, cfg.margin_mode, cfg.margin, cfg.aggregate)
@@ -559,9 +582,9 @@ def run(args):
                         f"from (--rib_batch {args.rib_batch})")
     load_classifier(args.cam_weights_path, spec.num_classes)  # fail now, not in every worker
     devices = dist.local_devices(args.device, args.rib_workers)[:len(todo)]
-    args.rib_num_local_workers = len(devices)
     start = time.perf_counter()
-    dist.run_sharded(_rib_worker, todo, args, devices)
+    dist.run_sharded(functools.partial(_rib_worker, local_workers=len(devices),
+                                       finetune=finetune or rib_finetune_image), todo, args, devices)
     elapsed = time.perf_counter() - start
     log.info("rib: %d images in %.1f s (%.3f s/image, %d worker(s) on %s)", len(todo), elapsed,
              elapsed / len(todo), len(devices), ", ".join(sorted(set(map(str, devices)))))

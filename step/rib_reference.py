@@ -12,14 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from misc.cams import resize_and_sum, write_cam_record
+from misc.cams import cam_file, resize_and_sum, write_cam_record
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import load_image_rgb
 from misc.imutils import classification_augment, scale_pyramid
 from misc.torchutils import PolyOptimizer, poly_param_groups
 from net.resnet50_cam import load_classifier
 from net.rib_loss import finetune_loss
-from step.rib import RIBConfig, draw_generator, pool_logits, rib_path, write_background_record
+from step.rib import RIBConfig, draw_generator, pool_logits, write_background_record
 
 
 def reference_draw(train_ids, spec, img_id, label, count, disjoint_prob, rng):
@@ -49,9 +49,9 @@ def reference_rib(args, ids):
     train_ids = load_id_list(args.train_list, "--train_list")
     for img_id in ids:
         img = load_image_rgb(spec.image_path(img_id))
-        label_np = spec.labels.get(img_id, np.zeros(spec.num_classes, np.float32))
+        label_np = spec.label_or_background(img_id)
         if not label_np.any():
-            write_background_record(rib_path(args.rib_out_dir, img_id), img.shape[:2])
+            write_background_record(cam_file(args.rib_out_dir, img_id), img.shape[:2])
             continue
         model.load_state_dict(theta0)
         label = torch.from_numpy(label_np).to(device)
@@ -72,7 +72,7 @@ def reference_rib(args, ids):
                     step_maps[s] = merged
                 if cfg.explode_stop and k >= 1 and s == 1.0:
                     maps = merged[keys]
-                    norm = maps / maps.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
+                    norm = maps / (maps.amax(dim=(1, 2), keepdim=True) + 1e-5)
                     exploded = (norm > cfg.explode_th).any(0).float().mean().item() > cfg.explode_ratio
                 if train and s in cfg.loss_scales:
                     logits.append(pool_logits(cam, label.expand(2, -1), cfg))
@@ -106,4 +106,4 @@ def reference_rib(args, ids):
             if cfg.margin_mode == "official" and cfg.loss == "rib" and abs(target_sum) > cfg.margin:
                 break
         strided, high_res = resize_and_sum([sums[s] for s in cfg.cam_scales], img.shape[:2])
-        write_cam_record(rib_path(args.rib_out_dir, img_id), strided, high_res, label.cpu())
+        write_cam_record(cam_file(args.rib_out_dir, img_id), strided, high_res, label.cpu())

@@ -27,8 +27,8 @@ from tqdm import tqdm
 from misc import dist, imutils, resume
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
 from misc.errors import DataError
-from misc.fileio import load_step_label, save_checkpoint
-from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
+from misc.fileio import check_label_files, load_step_label, save_checkpoint
+from misc.torchutils import PolyOptimizer, autocast, to_device
 from net import irn_affinity, psa_affinity
 from net.affinitynet import CHECKPOINT_KIND, AffinityNet, load_affinity_net
 from net.resnet50 import calibrate_batchnorm
@@ -125,30 +125,19 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     resume.prepare(args, "train_aff", args.psa_aff_weights_path, settings(args),
                    inputs=[("psa_labels", args.psa_label_out_dir, "dir")], kind="file")
-    if os.path.isfile(args.psa_aff_weights_path):
-        load_affinity_net(args.psa_aff_weights_path, args.psa_backbone, spec.num_classes)  # reported now
-        log.info("%s exists with the same settings: keeping it (--overwrite train_aff retrains)",
-                 args.psa_aff_weights_path)
+    if resume.checkpoint_done(args.psa_aff_weights_path, "train_aff",
+                              lambda p: load_affinity_net(p, args.psa_backbone, spec.num_classes)):
         return
     spec.check_ids(ids, "--infer_list", need_labels=False)
-    missing = [i for i in ids if not os.path.isfile(os.path.join(args.psa_label_out_dir, i + ".png"))]
-    if missing:
-        raise DataError(f"{len(missing)} PSA label(s) are missing in {args.psa_label_out_dir}, e.g. for image "
-                        f"{missing[0]}: run the cam_to_psa_label step first (--only cam_to_psa_label)")
-    seed_everything(args.seed)
-    rank, world, device = dist.init_distributed(args.device)
+    check_label_files(args.psa_label_out_dir, ids, "PSA label", "cam_to_psa_label")
+    rank, world, device, channels_last = dist.start_training(args)
     on_cuda = str(device).startswith("cuda")
-    channels_last = on_cuda and args.channels_last
 
     model = build_model(args, spec, ids).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     dataset = PsaAffinityDataset(spec, ids, args.psa_label_out_dir, args.psa_crop_size)
-    batch_size = args.psa_batch_size // world  # the global batch stays --psa_batch_size
-    if batch_size < 1 or len(ids) // world < batch_size:
-        batch_size = max(1, min(batch_size, len(ids) // world))
-        log.warning("train_aff: %d images over %d process(es) are fewer than a batch; batch %d per process",
-                    len(ids), world, batch_size)
+    batch_size = dist.per_process_batch(args.psa_batch_size, len(ids), world, "train_aff")
     loader, sampler = dist.train_loader(dataset, batch_size, args, rank, world, on_cuda)
     max_step = len(loader) * args.psa_num_epoches  # official: (N // batch) * epochs
     lr, wd = args.psa_learning_rate, args.psa_weight_decay

@@ -21,7 +21,7 @@ from misc.datasets import ClassificationDataset, build_spec, load_id_list
 from misc.errors import DataError
 from misc.fileio import save_checkpoint
 from misc.imutils import classification_augment
-from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, seed_everything, to_device
+from misc.torchutils import PolyOptimizer, autocast, poly_param_groups, to_device
 from net.resnet50 import calibrate_batchnorm
 from net.resnet50_cam import Net, load_classifier
 
@@ -91,14 +91,10 @@ def run(args):
     spec = build_spec(args)
     ids = load_id_list(args.train_list, "--train_list")
     resume.prepare(args, "train_cam", args.cam_weights_path, settings(args, spec), kind="file")
-    if os.path.isfile(args.cam_weights_path):
-        load_classifier(args.cam_weights_path, spec.num_classes)  # a broken file is reported now, not later
-        log.info("%s exists with the same settings: keeping it (--overwrite train_cam retrains)",
-                 args.cam_weights_path)
+    if resume.checkpoint_done(args.cam_weights_path, "train_cam", lambda p: load_classifier(p, spec.num_classes)):
         return
     spec.check_ids(ids, "--train_list")
-    seed_everything(args.seed)
-    rank, world, device = dist.init_distributed(args.device)
+    rank, world, device, _ = dist.start_training(args)
     on_cuda = str(device).startswith("cuda")
 
     model = build_model(args, spec, ids).to(device)

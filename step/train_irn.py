@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from misc import dist, imutils, resume
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
-from misc.errors import DataError
-from misc.fileio import load_step_label, save_checkpoint
-from misc.torchutils import PolyOptimizer, autocast, seed_everything, to_device
+from misc.fileio import check_label_files, load_step_label, save_checkpoint
+from misc.torchutils import PolyOptimizer, autocast, to_device
 from net import irn_affinity
 from net.resnet50 import calibrate_batchnorm
 from net.resnet50_irn import AffinityDisplacementLoss, IRNet, load_irnet
@@ -141,20 +140,12 @@ def run(args):
     ids = load_id_list(args.infer_list, "--infer_list")
     resume.prepare(args, "train_irn", args.irn_weights_path, settings(args),
                    inputs=[("ir_labels", args.ir_label_out_dir, "dir")], kind="file")
-    if os.path.isfile(args.irn_weights_path):
-        load_irnet(args.irn_weights_path)  # a broken file is reported now, not later
-        log.info("%s exists with the same settings: keeping it (--overwrite train_irn retrains)",
-                 args.irn_weights_path)
+    if resume.checkpoint_done(args.irn_weights_path, "train_irn", load_irnet):
         return
     spec.check_ids(ids, "--infer_list", need_labels=False)
-    missing = [i for i in ids if not os.path.isfile(os.path.join(args.ir_label_out_dir, i + ".png"))]
-    if missing:
-        raise DataError(f"{len(missing)} IR label(s) are missing in {args.ir_label_out_dir}, e.g. for image "
-                        f"{missing[0]}: run the cam_to_ir_label step first (--only cam_to_ir_label)")
-    seed_everything(args.seed)
-    rank, world, device = dist.init_distributed(args.device)
+    check_label_files(args.ir_label_out_dir, ids, "IR label", "cam_to_ir_label")
+    rank, world, device, channels_last = dist.start_training(args)
     on_cuda = str(device).startswith("cuda")
-    channels_last = on_cuda and args.channels_last
 
     path_index = training_path_index(args.irn_crop_size)
     model = build_model(args, spec, ids).to(device)
@@ -164,11 +155,7 @@ def run(args):
     edge_params, dp_params = model.trainable_parameters()
 
     dataset = AffinityDataset(spec, ids, args.ir_label_out_dir, path_index, args.irn_crop_size)
-    batch_size = args.irn_batch_size // world  # the global batch stays --irn_batch_size
-    if batch_size < 1 or len(ids) // world < batch_size:
-        batch_size = max(1, min(batch_size, len(ids) // world))
-        log.warning("train_irn: %d images over %d process(es) are fewer than a batch; batch %d per process",
-                    len(ids), world, batch_size)
+    batch_size = dist.per_process_batch(args.irn_batch_size, len(ids), world, "train_irn")
     loader, sampler = dist.train_loader(dataset, batch_size, args, rank, world, on_cuda)
     max_step = len(loader) * args.irn_num_epoches  # official: (N // batch) * epochs
     lr, wd = args.irn_learning_rate, args.irn_weight_decay

@@ -1,6 +1,7 @@
 """DeepLab-v2 stage: OS8 shapes and ASPP, MSC, losses, parameter groups, the label rules and the re-training fill,
 the walk score of make_sem_seg, the softmax CRF, the VOC test export, resume after a kill, a tiny end-to-end run on
 real VOC images through the five steps, evaluation against a hand-computed confusion matrix, and bad inputs."""
+import functools
 import json
 import os
 import tarfile
@@ -124,17 +125,18 @@ def test_parameter_groups_and_poly_rate():
 def test_round_one_rule_and_retrain_fill_by_hand(tmp_path):
     from deeplab.predict import finish_image
     from step.make_seg_labels import round_one_label
+    from step.retrain_deeplab import write_filled_label
     mask = np.array([[0, 3, 3, 5, 0, 3]])
     score = np.array([[10, 200, 60, 77, 150, 51]], np.uint8)  # 0.3 -> 76.5, 0.2 -> 51 on the 0..255 scale
     label = round_one_label(mask, score, fg_thres=0.3, bg_thres=0.2)
     # bg (10 < 51) | fg 3 | between | 77 > 76.5: fg 5 | high score but the mask says background | 51 is not < 51
     assert label.tolist() == [[0, 3, 255, 5, 255, 255]]
-    save_png(tmp_path / "r1.png", label.astype(np.uint8))
+    save_png(tmp_path / "round1" / "r1.png", label.astype(np.uint8))
     pred = np.array([1, 2, 4, 4, 4, 7])  # the round-one model's argmax
     probs = np.eye(8, dtype=np.float32)[pred].T.reshape(8, 1, 6)
-    finish_image({"img_path": None, "probs": probs, "crf": None, "round1": str(tmp_path / "r1.png"),
-                  "filled": str(tmp_path / "filled.png")})
-    assert load_label_png(tmp_path / "filled.png").tolist() == [[0, 3, 4, 5, 4, 7]]
+    finish_image(None, probs, None, functools.partial(write_filled_label, str(tmp_path / "round1"),
+                                                      str(tmp_path / "filled"), "r1"))
+    assert load_label_png(tmp_path / "filled" / "r1.png").tolist() == [[0, 3, 4, 5, 4, 7]]
 
 
 def test_saliency_rule_by_hand():
@@ -408,7 +410,7 @@ def test_bad_pseudo_masks_and_saliency(tmp_path, voc_root):
 
 
 def test_checkpoint_of_another_class_count_or_backbone(tmp_path):
-    from deeplab.predict import load_deeplab, save_deeplab
+    from deeplab.model import load_deeplab, save_deeplab
     path = str(tmp_path / "deeplab.pth")
     save_deeplab(path, build_deeplab(5, "resnet50"), "resnet50", ["a", "b", "c", "d"])
     assert load_deeplab(path, 5, "resnet50") is not None

@@ -10,6 +10,7 @@ use OMP_NUM_THREADS=1: CPU convolutions round differently with another thread co
 import logging
 import os
 import shutil
+import sys
 import types
 from contextlib import contextmanager
 
@@ -18,10 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED_VOC, make_args, save_random_classifier, train_subset_ids, write_list
-from misc.errors import DataError
-from misc.fileio import load_cam_npz, save_cam_npz
-from step import rib
+from conftest import REPO, SHARED_VOC, make_args, save_random_classifier, train_subset_ids, write_list
+
+sys.path.insert(0, str(REPO / "scripts"))  # scripts/eval_rib_iters.py, tested below
+
+from misc.cams import cam_file as cam_path  # noqa: E402
+from misc.errors import DataError  # noqa: E402
+from misc.fileio import load_cam_npz, save_cam_npz  # noqa: E402
+from step import rib  # noqa: E402
 
 SIZE = (48, 64)  # H, W of the downscaled images
 NOLABEL = "9999_nolabel"
@@ -88,7 +93,7 @@ def rib_args(tiny, work_dir, infer_ids, with_checkpoint=True, **flags):
 
 
 def cam_file(args, img_id):
-    return load_cam_npz(rib.rib_path(args.rib_out_dir, img_id))
+    return load_cam_npz(cam_path(args.rib_out_dir, img_id))
 
 
 def assert_same_record(a, b):
@@ -219,9 +224,9 @@ def test_output_format_and_background_record(tiny, base_run):
 
 def test_save_iters_and_k0_equals_make_cam(tiny, base_run, tmp_path):
     a = tiny.ids[0]
-    k = [load_cam_npz(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, j), a)) for j in range(2)]
+    k = [load_cam_npz(cam_path(rib.iters_dir(base_run.rib_out_dir, j), a)) for j in range(2)]
     assert_same_record(k[1], cam_file(base_run, a))  # official aggregation (the default): k = 0..K-1
-    assert not os.path.exists(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, 2), a))
+    assert not os.path.exists(cam_path(rib.iters_dir(base_run.rib_out_dir, 2), a))
     assert not np.array_equal(k[0]["high_res"], k[1]["high_res"])
     # k00 is the CAM of theta_0 alone: exactly the plain CAM of make_cam (same format, same numbers)
     import step.make_cam as make_cam
@@ -242,7 +247,7 @@ def test_reset_order_independence_resume_and_loader_workers(tiny, base_run, tmp_
     a, b = tiny.ids[:2]
     args = rib_args(tiny, tmp_path, [a, b], rib_loader_workers=0)
     # A "already done" (a dummy record that must stay untouched); B only has a leftover temp file of a kill
-    save_cam_npz(rib.rib_path(args.rib_out_dir, a), [3], np.zeros((1, 12, 16)), np.zeros((1,) + SIZE))
+    save_cam_npz(cam_path(args.rib_out_dir, a), [3], np.zeros((1, 12, 16)), np.zeros((1,) + SIZE))
     leftover = os.path.join(args.rib_out_dir, f".{b}.x1y2.tmp.npz")
     open(leftover, "wb").write(b"partial")
     rib.run(args)
@@ -275,24 +280,33 @@ def test_early_stop_inside_a_run_drains_the_stream(tiny, tmp_path, caplog):
         final = cam_file(args, img_id)
         # stopped at k = 1; official aggregation: theta_1's scale-1.0 CAM was added before the test, so k00 is
         # theta_0 alone and k01, k02 hold the final map
-        k00 = load_cam_npz(rib.rib_path(rib.iters_dir(args.rib_out_dir, 0), img_id))
+        k00 = load_cam_npz(cam_path(rib.iters_dir(args.rib_out_dir, 0), img_id))
         assert not np.array_equal(k00["high_res"], final["high_res"])
         for k in (1, 2):
-            assert_same_record(load_cam_npz(rib.rib_path(rib.iters_dir(args.rib_out_dir, k), img_id)), final)
+            assert_same_record(load_cam_npz(cam_path(rib.iters_dir(args.rib_out_dir, k), img_id)), final)
 
 
-def test_early_stop_checks_change_no_output(tiny, tmp_path):
-    """The sync right after the scale-1.0 forward (and no unused last update) gives exactly the maps of the
-    previous order that computed every step in full before testing (scripts/bench_rib.py --bench_modes late)."""
-    outs = {}
-    for early in (True, False):
-        args = rib_args(tiny, tmp_path / str(early), tiny.ids[:3], rib_iter=3, rib_explode_stop="true",
-                        rib_explode_ratio=0.5, rib_margin_mode="official", rib_margin=40)
-        args._rib_early_checks = early
-        rib.run(args)
-        outs[early] = [cam_file(args, i) for i in tiny.ids[:3]]
-    for a, b in zip(outs[True], outs[False]):
-        assert_same_record(a, b)
+def test_early_stops_agree_with_the_reference_loop(tiny, tmp_path, caplog):
+    """With both early stops on, the step (one sync right after the scale-1.0 forward, no unused last update)
+    writes the maps of the official structure (step/rib_reference.py: every step in full, .item() tests, the
+    last update made), bit for bit."""
+    from step.rib_reference import reference_rib
+    flags = dict(rib_iter=3, rib_explode_stop="true", rib_explode_ratio=0.5, rib_margin_mode="official",
+                 rib_margin=40)
+    fast = rib_args(tiny, tmp_path / "fast", tiny.ids[:3], **flags)
+    with caplog.at_level(logging.INFO, logger="step.rib"):
+        rib.run(fast)
+    assert "explosion" in caplog.text and "margin" in caplog.text  # both stops happen on these 3 images
+    reference = rib_args(tiny, tmp_path / "reference", tiny.ids[:3], **flags)
+    reference_rib(reference, tiny.ids[:3])
+    for img_id in tiny.ids[:3]:
+        assert_same_record(cam_file(fast, img_id), cam_file(reference, img_id))
+
+
+def test_rib_config_defaults_are_the_published_run():
+    """RIBConfig() built in code is the command line's default run (VOC preset, official equations)."""
+    from step.flags import parse_args
+    assert rib.RIBConfig() == rib.RIBConfig.from_args(parse_args([]))
 
 
 def test_rerun_with_other_settings_stops(tiny, base_run, tmp_path):
@@ -317,14 +331,14 @@ def test_wrong_class_count_checkpoint(tiny, tmp_path):
     save_random_classifier(args.cam_weights_path, num_classes=21, seed=1)
     with pytest.raises(DataError, match="21 classes but the dataset has 20"):
         rib.run(args)
-    assert not os.path.exists(rib.rib_path(args.rib_out_dir, tiny.ids[0]))
+    assert not os.path.exists(cam_path(args.rib_out_dir, tiny.ids[0]))
 
 
 def test_corrupt_image_stops_before_any_work_naming_the_file(tiny, tmp_path):
     args = rib_args(tiny, tmp_path, [tiny.ids[0], CORRUPT])
     with pytest.raises(DataError, match=f"{CORRUPT}.jpg.*replace the file"):
         rib.run(args)
-    assert not os.path.exists(rib.rib_path(args.rib_out_dir, tiny.ids[0]))  # checked up front
+    assert not os.path.exists(cam_path(args.rib_out_dir, tiny.ids[0]))  # checked up front
 
 
 def test_bad_flags(tiny, tmp_path):

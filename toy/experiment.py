@@ -447,15 +447,59 @@ def summary_markdown(result):
 
 
 def main(args):
+    """The experiment: data, classifier, HGR per layer, HGR during RIB (and the lambda sweep), figures, JSON."""
     t_start = time.time()
-    if args.rib_batch < 1 or args.rib_iters < 1 or args.n_analysis < 1 or args.epochs < 1:
-        raise ValueError("--rib_batch, --rib_iters, --n_analysis and --epochs must be >= 1")
+    check_args(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the classifier's initial weights
     # independent random streams, so that e.g. a different --n_analysis does not change the training data
     ss_train, ss_test, ss_analysis, ss_fit, ss_rib = np.random.SeedSequence(args.seed).spawn(5)
+    train, test, analysis, split_info = load_data(args, ss_train, ss_test, ss_analysis)
+    timings = {}
+    model = ToyCNN(num_classes=2)
+    losses = timed(timings, "train_s", train_classifier, model, train, args, np.random.default_rng(ss_fit))
+    acc = accuracies(model, train, test, analysis)
+    print(f"[toy] classifier trained in {timings['train_s']:.1f} s: final BCE {losses[-1]:.4f}, "
+          f"test accuracy {acc['test']:.4f}, analysis-set accuracy {acc['analysis']:.4f}")
+    theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    layer_stats, layer_maps = timed(timings, "layer_analysis_s", layer_analysis, model, analysis, args)
+    example_ids = np.arange(min(args.n_examples, args.n_analysis))
+    example_ks = sorted({0, args.rib_iters // 2, args.rib_iters - 1})  # k = 0, 5, 9 for K = 10, as in Fig. 2(a)
+    examples = (set(example_ids.tolist()), set(example_ks))
+    # every lambda sees the same batches: its RIB stream restarts from the same seed
+    rib = timed(timings, "rib_s", run_rib, model, theta0, train, analysis, args, args.rib_lr,
+                np.random.default_rng(ss_rib), *examples, desc=f"RIB lambda={args.rib_lr:g}")
+    sweep, sweep_examples = timed(timings, "rib_sweep_s", lambda_sweep, model, theta0, train, analysis, args, rib,
+                                  ss_rib, examples)
+    settings = run_settings(args, split_info, train, test, analysis)
+    result = results(args, rib, layer_stats, sweep, acc, losses, settings)
+    os.makedirs(args.out_dir, exist_ok=True)
+    timed(timings, "figures_s", plot_all, args.out_dir, train, analysis, layer_maps, result, rib["examples"],
+          example_ids, example_ks, args, sweep_examples)
+    timings["total_s"] = round(time.time() - t_start, 2)
+    # timings in their own key, written last: the only part of the JSON that differs between identical runs
+    result["timings"] = timings
+    save_json(os.path.join(args.out_dir, "toy_results.json"), result)
+    save_text(os.path.join(args.out_dir, "toy_summary.md"), summary_markdown(result))
+    print_summary(result, args, timings)
+    return result
 
+
+def check_args(args):
+    if args.rib_batch < 1 or args.rib_iters < 1 or args.n_analysis < 1 or args.epochs < 1:
+        raise ValueError("--rib_batch, --rib_iters, --n_analysis and --epochs must be >= 1")
+
+
+def timed(timings, key, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its wall time recorded as timings[key] (seconds, 2 decimals)."""
+    t0 = time.time()
+    out = fn(*args, **kwargs)
+    timings[key] = round(time.time() - t0, 2)
+    return out
+
+
+def load_data(args, ss_train, ss_test, ss_analysis):
     train, test, analysis, split_info = build_data(args, np.random.default_rng(ss_train),
                                                    np.random.default_rng(ss_test), np.random.default_rng(ss_analysis))
     if args.rib_batch - 1 > len(train["images"]):
@@ -464,54 +508,43 @@ def main(args):
     print(f"[toy] data: {split_info.get('note', split_info['split'])}")
     print(f"[toy] '2'/'8' images: train {len(train['images'])} ({int(train['has_shape'].sum())} with a shape), "
           f"test {len(test['images'])} ({int(test['has_shape'].sum())} with a shape), analysis {args.n_analysis}")
+    return train, test, analysis, split_info
 
-    timings = {}
-    t0 = time.time()
-    model = ToyCNN(num_classes=2)
-    losses = train_classifier(model, train, args, np.random.default_rng(ss_fit))
-    timings["train_s"] = round(time.time() - t0, 2)
-    acc = {
+
+def accuracies(model, train, test, analysis):
+    return {
         "train": accuracy(model, train["images"], train["classes"]),
         "test": accuracy(model, test["images"], test["classes"]),
         "test_shaped": accuracy(model, test["images"], test["classes"], test["has_shape"]),
         "test_unshaped": accuracy(model, test["images"], test["classes"], ~test["has_shape"]),
         "analysis": accuracy(model, analysis["images"], analysis["classes"]),
     }
-    print(f"[toy] classifier trained in {timings['train_s']:.1f} s: final BCE {losses[-1]:.4f}, "
-          f"test accuracy {acc['test']:.4f}, analysis-set accuracy {acc['analysis']:.4f}")
-    theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    t0 = time.time()
-    layer_stats, layer_maps = layer_analysis(model, analysis, args)
-    timings["layer_analysis_s"] = round(time.time() - t0, 2)
 
-    example_ids = np.arange(min(args.n_examples, args.n_analysis))
-    example_ks = sorted({0, args.rib_iters // 2, args.rib_iters - 1})  # k = 0, 5, 9 for K = 10, as in Fig. 2(a)
-    t0 = time.time()
-    # every lambda sees the same batches: its RIB stream restarts from the same seed
-    rib = run_rib(model, theta0, train, analysis, args, args.rib_lr, np.random.default_rng(ss_rib),
-                  set(example_ids.tolist()), set(example_ks), desc=f"RIB lambda={args.rib_lr:g}")
-    timings["rib_s"] = round(time.time() - t0, 2)
-    K = args.rib_iters
+def rib_entry(r, K):
+    return {"hgr_rib": as_table(r["hgr"][:K]),
+            "hgr_rib_theta_K": {key: float(r["hgr"][K, j]) for j, key in enumerate(REGION_KEYS)},
+            "target_logit": [float(v) for v in r["target_logit"]],
+            "fraction_reaching_margin": r["fraction_reaching_margin"]}
 
-    def rib_entry(r):
-        return {"hgr_rib": as_table(r["hgr"][:K]),
-                "hgr_rib_theta_K": {key: float(r["hgr"][K, j]) for j, key in enumerate(REGION_KEYS)},
-                "target_logit": [float(v) for v in r["target_logit"]],
-                "fraction_reaching_margin": r["fraction_reaching_margin"]}
 
-    sweep = {f"{args.rib_lr:g}": rib_entry(rib)}
-    sweep_examples = {}  # G_6 examples of the largest swept lambda, for a second Fig. 2(a)
-    t0 = time.time()
+def lambda_sweep(model, theta0, train, analysis, args, rib, ss_rib, examples):
+    """RIB at every --rib_lr_sweep value (the main lambda's run reused); the G_6 examples of the largest swept
+    lambda, for a second Fig. 2(a)."""
+    sweep = {f"{args.rib_lr:g}": rib_entry(rib, args.rib_iters)}
+    sweep_examples = {}
     for lam in sorted(args.rib_lr_sweep):
         if f"{lam:g}" in sweep:
             continue
-        r = run_rib(model, theta0, train, analysis, args, lam, np.random.default_rng(ss_rib),
-                    set(example_ids.tolist()), set(example_ks), desc=f"RIB lambda={lam:g}")
-        sweep[f"{lam:g}"] = rib_entry(r)
+        r = run_rib(model, theta0, train, analysis, args, lam, np.random.default_rng(ss_rib), *examples,
+                    desc=f"RIB lambda={lam:g}")
+        sweep[f"{lam:g}"] = rib_entry(r, args.rib_iters)
         sweep_examples = {"lambda": lam, "maps": r["examples"]}
-    timings["rib_sweep_s"] = round(time.time() - t0, 2)
+    return sweep, sweep_examples
 
+
+def run_settings(args, split_info, train, test, analysis):
+    """The flags and what the results' keys mean, for the JSON."""
     settings = dict(vars(args))
     settings.update({
         "split_info": split_info, "digits": list(DIGITS), "shape_for_digit": SHAPE_FOR_DIGIT,
@@ -530,6 +563,11 @@ def main(args):
         "rib_optimiser": "plain SGD (no momentum, no weight decay) on rib_loss summed over the B rows",
         "torch_version": torch.__version__,
     })
+    return settings
+
+
+def results(args, rib, layer_stats, sweep, acc, losses, settings):
+    K = args.rib_iters
     result = {
         "hgr_layers": as_table(layer_stats["hgr"]),
         "hgr_rib": as_table(rib["hgr"][:K]),
@@ -545,24 +583,17 @@ def main(args):
         "settings": settings,
     }
     result["trends"] = trend_checks(result)
-    os.makedirs(args.out_dir, exist_ok=True)
-    t0 = time.time()
-    plot_all(args.out_dir, train, analysis, layer_maps, result, rib["examples"], example_ids, example_ks, args,
-             sweep_examples)
-    timings["figures_s"] = round(time.time() - t0, 2)
-    timings["total_s"] = round(time.time() - t_start, 2)
-    # timings in their own key, written last: the only part of the JSON that differs between identical runs
-    result["timings"] = timings
-    save_json(os.path.join(args.out_dir, "toy_results.json"), result)
-    save_text(os.path.join(args.out_dir, "toy_summary.md"), summary_markdown(result))
+    return result
+
+
+def print_summary(result, args, timings):
     print("[toy] HGR per layer (G1..G6):")
     for key in REGION_KEYS:
         print(f"    {key:4s} " + " ".join(f"{v:.3f}" for v in result["hgr_layers"][key]))
-    print(f"[toy] HGR of G6 during RIB (k = 0..{K - 1}, lambda={args.rib_lr:g}):")
+    print(f"[toy] HGR of G6 during RIB (k = 0..{args.rib_iters - 1}, lambda={args.rib_lr:g}):")
     for key in REGION_KEYS:
         print(f"    {key:4s} " + " ".join(f"{v:.3f}" for v in result["hgr_rib"][key]))
     print(f"[toy] done in {timings['total_s']:.1f} s; outputs in {args.out_dir}")
-    return result
 
 
 def cli(argv=None):
