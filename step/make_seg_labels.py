@@ -129,7 +129,7 @@ def run(args):
     check_writable_dir(args.seg_label_dir, "--work_dir")
     resume.prepare(args, "make_seg_labels", args.seg_label_dir, settings(args),
                    inputs=[("pseudo_masks", args.pseudo_mask_dir, "dir")])
-    todo = [i for i in ids if not os.path.isfile(os.path.join(args.seg_label_dir, i + ".png"))]
+    todo = resume.pending(ids, lambda i: os.path.join(args.seg_label_dir, i + ".png"))
     if todo:
         spec.check_ids(todo, "--seg_train_list", need_labels=False, check_images=False)
         check_inputs(args, todo, rule, made_by)

@@ -19,8 +19,7 @@ from deeplab.predict import PredictionPlan, crf_settings, predict_images
 from deeplab.train import train_segmentation
 from misc import dist, resume
 from misc.datasets import IGNORE, build_spec, load_id_list
-from misc.errors import DataError
-from misc.fileio import check_writable_dir, load_label_png, save_png
+from misc.fileio import check_label_files, check_writable_dir, load_label_png, save_png
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +48,7 @@ def fill_labels(args):
     if not todo:
         return 0
     spec.check_ids(todo, "--seg_train_list", need_labels=False)
-    missing = [i for i in todo if not os.path.isfile(os.path.join(args.seg_label_dir, i + ".png"))]
-    if missing:
-        raise DataError(f"{len(missing)} round-one label(s) are missing in {args.seg_label_dir}, e.g. {missing[0]}: "
-                        f"run make_seg_labels on the same --seg_train_list first (--only make_seg_labels)")
+    check_label_files(args.seg_label_dir, todo, "round-one label", "make_seg_labels")
     load_deeplab(args.deeplab_weights_path, spec.num_classes + 1, args.seg_arch)  # fail before spawning
     log.info("retrain_deeplab: filling the ignored pixels of %d round-one labels with the predictions of %s "
              "(scales %s, flip %s, CRF %s)", len(todo), args.deeplab_weights_path,
