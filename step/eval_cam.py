@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from misc import imutils, resume
-from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, check_cam_record
+from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, cam_file, check_cam_record
 from misc.cli import sweep_values
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import load_cam_npz, load_image_rgb, save_json, save_png, save_text
@@ -95,7 +95,7 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
     sweep = ThresholdSweep(len(names), thresholds)
     maps = flat = 0
     for img_id in tqdm(ids, desc=f"eval {os.path.basename(cam_dir)}"):
-        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+        record = load_cam_npz(cam_file(cam_dir, img_id), made_by)
         gt = spec.load_gt(img_id, image_size=image_size(spec, img_id))
         check_cam_record(record, img_id, spec.num_classes, gt.shape, cam_dir)
         score, fg_class = seed_scores(record, gt.shape)
@@ -139,7 +139,7 @@ def evaluate_crf(spec, cam_dir, ids, threshold, names, made_by):
     from misc.crf import crf_inference_label
     confusion = ConfusionMatrix(len(names))
     for img_id in tqdm(ids, desc="eval CRF seeds"):
-        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+        record = load_cam_npz(cam_file(cam_dir, img_id), made_by)
         keys = record["keys"]
         if len(keys):
             compact = np.pad(record["high_res"], ((1, 0), (0, 0), (0, 0)), constant_values=threshold).argmax(0)
@@ -173,7 +173,7 @@ def save_pictures(spec, cam_dir, ids, threshold, out_dir, made_by):
     palette = np.array(imutils.color_palette(), dtype=np.uint8).reshape(-1, 3)
     for img_id in ids:
         img = load_image_rgb(spec.image_path(img_id))
-        record = load_cam_npz(os.path.join(cam_dir, img_id + ".npz"), made_by)
+        record = load_cam_npz(cam_file(cam_dir, img_id), made_by)
         cam = record["high_res"].max(axis=0) if len(record["keys"]) else np.zeros(img.shape[:2], np.float32)
         panels = [img, imutils.colorize_cam(img, cam), palette[seed_prediction(record, threshold)],
                   palette[np.clip(spec.load_gt(img_id), 0, 255)]]
