@@ -438,8 +438,13 @@ def test_bad_pseudo_masks_and_saliency(tmp_path, voc_root):
 def test_checkpoint_of_another_class_count_or_backbone(tmp_path):
     from deeplab.predict import load_deeplab, save_deeplab
     path = str(tmp_path / "deeplab.pth")
-    save_deeplab(path, build_deeplab(5, "resnet50"), "resnet50", ["a", "b", "c", "d"])
-    assert load_deeplab(path, 5, "resnet50") is not None
+    torch.manual_seed(0)
+    model = build_deeplab(5, "resnet50")
+    save_deeplab(path, model, "resnet50", ["a", "b", "c", "d"])
+    torch.manual_seed(1)  # another init: only the file can make the weights equal
+    loaded = load_deeplab(path, 5, "resnet50").state_dict()
+    saved = model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
     with pytest.raises(DataError, match="predicts 5 classes .* the dataset has 21"):
         load_deeplab(path, 21, "resnet50")
     with pytest.raises(DataError, match="resnet50 DeepLab but --seg_arch is resnet101"):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, make_args, save_random_classifier, train_subset_ids, write_list
+from conftest import REPO, make_args, miou_by_hand, save_random_classifier, train_subset_ids, write_list
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -238,24 +238,20 @@ def test_eval_rib_iters_script(tiny, base_run):
     base_run.cam_eval_thres = None
     rows = eval_rib_iters.evaluate_iterations(base_run, tiny.ids[:2])
     assert [r["k"] for r in rows] == [0, 1]
-    # recomputed here by hand: background where the best class score is <= t, a confusion by bincount, the
-    # nanmean of the IoUs of the classes present in the ground truth or the seeds, the best t of the sweep
+    # recomputed by hand: background where the best class score is <= t, conftest's miou_by_hand, the best t
     from step.eval_cam import sweep_thresholds
     thresholds = sweep_thresholds(base_run)  # the VOC preset's --cam_eval_sweep 0.2,0.49,0.01
     assert len(thresholds) == 30 and thresholds[0] == 0.2
     for r in rows:
         mious = []
         for t in thresholds:
-            conf = np.zeros((21, 21), np.int64)
+            pairs = []
             for img_id in tiny.ids[:2]:
                 rec = load_cam_npz(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, r["k"]), img_id))
                 gt = np.asarray(Image.open(os.path.join(tiny.root, "SegmentationClassAug", img_id + ".png")))
                 cls = rec["keys"][rec["high_res"].argmax(0)] + 1
-                pred = np.where(rec["high_res"].max(0) > np.float32(t), cls, 0)
-                valid = gt != 255
-                conf += np.bincount(gt[valid].astype(np.int64) * 21 + pred[valid], minlength=441).reshape(21, 21)
-            union = conf.sum(0) + conf.sum(1) - np.diag(conf)
-            mious.append(np.mean(np.diag(conf)[union > 0] / union[union > 0]))
+                pairs.append((gt, np.where(rec["high_res"].max(0) > np.float32(t), cls, 0)))
+            mious.append(miou_by_hand(pairs))
         assert r["threshold"] == pytest.approx(thresholds[int(np.argmax(mious))])
         assert r["miou"] == round(100 * max(mious), 3), r
     assert rows[0]["miou"] != rows[1]["miou"]  # one RIB update changed the seeds
