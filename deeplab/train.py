@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from deeplab.data import IterationBatches, SegmentationTrainDataset, calibration_batches
-from deeplab.losses import LOSSES, msc_loss
+from deeplab.losses import make_loss, msc_loss
 from deeplab.model import build_deeplab, load_deeplab, parameter_groups, poly_lr, save_deeplab, set_lr
 from deeplab.predict import evaluate_model
 from misc import dist, resume
@@ -51,7 +51,7 @@ def training_settings(args, spec, init):
             "learning_rate": args.seg_learning_rate, "momentum": args.seg_momentum,
             "weight_decay": args.seg_weight_decay, "poly_power": args.seg_poly_power, "lr_step": args.seg_lr_step,
             "crop_size": args.seg_crop_size, "scales": list(args.seg_scales), "loss": args.seg_loss,
-            "seed": args.seed}
+            "seed": args.seed, **({"loss_smoothing": args.seg_loss_smoothing} if args.seg_loss_smoothing else {})}
 
 
 def oom_message(args, per_rank_batch):
@@ -216,6 +216,7 @@ def train_iterations(run, model, optimizer, start_iter, eval_ids):
     args = run.args
     ddp_model = dist.wrap_ddp(model, run.world, run.device)
     train_model = torch.compile(ddp_model) if args.seg_compile and str(run.device).startswith("cuda") else ddp_model
+    loss_fn = make_loss(args.seg_loss, args.seg_loss_smoothing)
     batches = training_batches(run, start_iter)
     window = LossWindow(run)
     with tqdm(total=args.seg_num_iters, initial=start_iter, desc=run.step, disable=run.rank != 0) as bar:
@@ -224,7 +225,7 @@ def train_iterations(run, model, optimizer, start_iter, eval_ids):
                                       args.seg_lr_step))
             optimizer.zero_grad(set_to_none=True)
             for micro in range(args.seg_iter_size):
-                window.add(micro_batch_loss(run, train_model, ddp_model, next(batches), micro))
+                window.add(micro_batch_loss(run, train_model, ddp_model, loss_fn, next(batches), micro))
             optimizer.step()
             bar.update(1)
             done = it + 1
@@ -245,7 +246,7 @@ def train_iterations(run, model, optimizer, start_iter, eval_ids):
                 dist.barrier()
 
 
-def micro_batch_loss(run, train_model, ddp_model, batch, micro):
+def micro_batch_loss(run, train_model, ddp_model, loss_fn, batch, micro):
     """Forward and backward of one micro-batch (the loss of the four MSC outputs, divided by --seg_iter_size);
     under DDP the gradients are all-reduced once per iteration, at its last micro-batch."""
     args = run.args
@@ -255,7 +256,7 @@ def micro_batch_loss(run, train_model, ddp_model, batch, micro):
     with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
         with autocast(run.device, args.amp):
             outputs = train_model(x)
-        loss = msc_loss(outputs, labels, LOSSES[args.seg_loss]) / args.seg_iter_size
+        loss = msc_loss(outputs, labels, loss_fn) / args.seg_iter_size
         loss.backward()
     return loss.detach()
 
