@@ -5,8 +5,8 @@ the last-bit differences of AVX2 and AVX-512 kernels into 20 mIoU points.)
     python scripts/bench_demo_kernels.py --work_dir /tmp/kern --demo coco14
     python scripts/bench_demo_kernels.py --work_dir /tmp/kern --full           # every step under each family
 
-The demo runs once under the first family (steps up to the training labels), then the DeepLab stage
-(train_deeplab, infer_deeplab, eval_deeplab) reruns under each family (misc/cpu_kernels.py: REPRO_CPU_KERNELS=
+The whole demo runs once under the first family, then the DeepLab stage (train_deeplab, infer_deeplab,
+eval_deeplab) reruns under each other family (misc/cpu_kernels.py: REPRO_CPU_KERNELS=
 avx512|avx2 pins oneDNN, ATen and MKL to that code path and 2 threads) on the same labels; --full reruns every
 step. Prints each family's rows, the DeepLab loss curve, and the largest difference; exits 1 when a DeepLab number
 differs by more than --tolerance points. Flags after `--` go to run_sample.py (e.g. -- --seg_num_iters 60).
@@ -58,7 +58,8 @@ def loss_curve(work_dir):
     """The logged mean losses of the last train_deeplab run in run.log."""
     with open(os.path.join(work_dir, "run.log")) as f:
         text = f.read()
-    text = text[text.rfind("train_deeplab: "):] if "train_deeplab: " in text else text
+    start = text.rfind("DeepLab-v2 (MSC) on")  # the start line of the last train_deeplab run
+    text = text[start:] if start >= 0 else text
     return [float(x) for x in re.findall(r"train_deeplab iteration \d+/\d+: loss ([0-9.eE+-]+|nan|inf)", text)]
 
 
@@ -82,8 +83,6 @@ def main():
         work = os.path.join(args.work_dir, family if args.full else "run")
         if args.full or i == 0:
             seconds = run_demo(work, args.demo, family, extra)  # the whole demo (skips what is done)
-            if not args.full:
-                seconds += run_demo(work, args.demo, family, extra, only=DEEPLAB_STEPS)
         else:
             seconds = run_demo(work, args.demo, family, extra, only=DEEPLAB_STEPS)
         results[family] = {"rows": read_rows(work), "loss": loss_curve(work), "seconds": seconds}
