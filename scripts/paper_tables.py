@@ -17,8 +17,6 @@ import statistics
 import sys
 from collections import defaultdict
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -386,6 +384,7 @@ def plot_fig3(measurements, out_dir, num_images=3):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     from misc.fileio import load_image_rgb, load_npz
     folders = [r["dir"] for r in sorted(curves[0].value, key=lambda r: r["k"])]
     ks = [r["k"] for r in sorted(curves[0].value, key=lambda r: r["k"])]
