@@ -305,6 +305,16 @@ FIG5_PAPER_POINTS = (("CAM", "5c", "CAM"), ("RIB-GAP", "5c", "RIB-GAP"), ("RIB-G
 FIG5_MIN_SPAN = 10.0  # points of mIoU on the y axis at least: a smoke run's 0.01-point wiggles are not a trend
 
 
+def fig5_ylim(values):
+    """y range of Figure 5: the values with a margin, at least FIG5_MIN_SPAN points wide."""
+    low, high = min(values), max(values)
+    if high - low < FIG5_MIN_SPAN:
+        mid = (high + low) / 2
+        low, high = mid - FIG5_MIN_SPAN / 2, mid + FIG5_MIN_SPAN / 2
+    pad = 0.08 * (high - low)
+    return low - pad, high + pad
+
+
 def plot_fig5(measurements, out_dir, paper=None):
     """Figure 5: seed mIoU after each RIB iteration, GNDRP and GAP (one curve per run, seeds averaged), with the
     paper's values at K = 0 and K = 10 (Table 5(c)) as hollow markers."""
@@ -335,12 +345,7 @@ def plot_fig5(measurements, out_dir, paper=None):
             values.append(ref)
             ax.plot([paper_k[name]], [ref], marker="s", markersize=8, linestyle="none", markerfacecolor="none",
                     color=colours[name], label=f"paper: {name.replace('RIB-', 'RIB with ')} ({ref:g}, Table 5(c))")
-    low, high = min(values), max(values)
-    if high - low < FIG5_MIN_SPAN:
-        mid = (high + low) / 2
-        low, high = mid - FIG5_MIN_SPAN / 2, mid + FIG5_MIN_SPAN / 2
-    pad = 0.08 * (high - low)
-    ax.set_ylim(low - pad, high + pad)
+    ax.set_ylim(*fig5_ylim(values))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("RIB iteration (K)")
     ax.set_ylabel("seed mIoU (%)")
@@ -395,7 +400,6 @@ def plot_fig3(measurements, out_dir, num_images=3):
     spec = run_dataset(folders[0])
     cols = len(folders) + 1
     fig, axes = plt.subplots(len(ids), cols, figsize=(1.7 * cols + 0.6, 1.8 * len(ids)), squeeze=False)
-    shown = None
     for i, img_id in enumerate(ids):
         first = load_npz(os.path.join(folders[0], img_id + ".npz"))
         cls = int(first["keys"][0])
@@ -421,9 +425,9 @@ def plot_fig3(measurements, out_dir, num_images=3):
             ax = axes[i, j + 1]
             if image is not None and image.shape[:2] == cam.shape:
                 ax.imshow(image)
-                shown = ax.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=0.55)
+                ax.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=0.55)
             else:
-                shown = ax.imshow(cam, cmap="jet", vmin=0, vmax=1)
+                ax.imshow(cam, cmap="jet", vmin=0, vmax=1)
             ax.axis("off")
             if i == 0:
                 ax.set_title("CAM (k=0)" if ks[j] == 0 else f"RIB k={ks[j]}", fontsize=8)
@@ -431,7 +435,10 @@ def plot_fig3(measurements, out_dir, num_images=3):
                  + (" (synthetic smoke run)" if curves[0].smoke else ""), fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     bar = fig.add_axes((0.91, 0.12, 0.02, 0.72))
-    fig.colorbar(shown, cax=bar).set_label("map / its max", fontsize=7)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    # the overlays are translucent; the bar shows the opaque scale
+    fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=bar).set_label("map / its max", fontsize=7)
     bar.tick_params(labelsize=6)
     path = os.path.join(out_dir, "figure3.png")
     fig.savefig(path, dpi=110)
