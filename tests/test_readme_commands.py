@@ -20,8 +20,8 @@ SMALL = {  # sizes only: no weight, device-independent or list flag of the READM
     "--cam_scales": "0.25", "--rib_iter": "1", "--rib_batch": "1", "--rib_crop_size": "64", "--rib_loss_scales": "0.25",
     "--rib_loader_workers": "0", "--rib_explode_stop": "false", "--check_classifier": "false", "--cam_eval_sweep": "0.1,0.9,0.1",
     "--irn_crop_size": "64", "--irn_batch_size": "2", "--irn_num_epoches": "1", "--sem_seg_pad_to": "0",
-    "--psa_crop_size": "72", "--psa_batch_size": "2", "--psa_num_epoches": "1", "--psa_logt": "2",
-    "--seg_num_iters": "2", "--seg_batch_size": "2", "--seg_crop_size": "64", "--seg_scales": "1.0",
+    "--psa_crop_size": "72", "--psa_batch_size": "2", "--psa_num_epoches": "1", "--psa_logt": "1",
+    "--seg_num_iters": "1", "--seg_batch_size": "1", "--seg_crop_size": "32", "--seg_scales": "1.0",
     "--seg_test_scales": "0.25", "--seg_crf_iters": "1", "--save_cam_png": "0", "--seg_save_png": "0",
 }
 
