@@ -3,6 +3,7 @@
 on the download). The commands are read from README.md; only sizes are added (a few real VOC images, small
 crops, one epoch) and voc12/test.txt is replaced by a list of two of those images. The weight files are random
 torchvision-format state dicts made here; the network is cut off."""
+import json
 import os
 import re
 import shlex
@@ -98,8 +99,10 @@ def test_readme_voc_commands_run_offline_as_written(tmp_path, voc_root, monkeypa
     # the later commands took the weights recorded by the first ones, and said so
     assert "--backbone_weights resnet50-19c8e357.pth (from the record of" in caplog.text
     for record in ("sess/res50_irn.settings.json", "sess/psa_aff.settings.json"):
-        text = open(os.path.join(w, record)).read()
-        assert "resnet50-19c8e357.pth" in text and '"imagenet"' not in text, record
+        settings = json.load(open(os.path.join(w, record)))["settings"]
+        assert settings["backbone_weights"] == "resnet50-19c8e357.pth", (record, settings)
+    retrain = json.load(open(os.path.join(w, "sess/deeplab_retrain.settings.json")))["settings"]
+    assert retrain["init"] == "resnet101-5d3b4d8f.pth", retrain
 
 
 def test_a_flag_given_beats_the_recorded_weights(tmp_path):
