@@ -31,16 +31,27 @@ def demo_args(args):
     """The demo run: synthetic data under <work_dir>/demo_data (made once), the demo's settings where the command
     line did not give a value, every step of the pipeline."""
     from voc12 import synthetic
-    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    given = demo_given(args, ("voc12_root", "coco_root", "cls_labels"))
     if "work_dir" not in given:
         args.work_dir = "demo_work"
     data = synthetic.make_dataset(os.path.join(args.work_dir, "demo_data"))
     args.dataset = "voc12"
     args.voc12_root = data["root"]
-    args.train_list, args.infer_list, args.eval_list = data["train"], data["eval"], data["eval"]
-    args.seg_train_list = args.seg_infer_list = args.seg_eval_list = data["eval"]  # the ids with pseudo masks
+    lists = {"train_list": data["train"], "infer_list": data["eval"], "eval_list": data["eval"],
+             # the ids with pseudo masks
+             "seg_train_list": data["eval"], "seg_infer_list": data["eval"], "seg_eval_list": data["eval"]}
     args.cls_labels = data["labels"]
-    return demo_defaults(args, DEMO_FLAGS, given)
+    return demo_defaults(args, {**DEMO_FLAGS, **lists}, given)
+
+
+def demo_given(args, refused):
+    """The flags the command line gave (they win over the demo's values); the demo's own data flags are refused."""
+    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    clash = [name for name in refused if name in given]
+    if clash:
+        raise SystemExit(f"error: --demo writes and uses its own dataset, so --{clash[0]} cannot apply; drop it, or "
+                         f"run without --demo (the demo's data is under <work_dir>/demo_data)")
+    return given
 
 
 def demo_defaults(args, flags, given):
@@ -65,12 +76,13 @@ def coco_demo_args(args):
     """The COCO demo run: raw COCO-format data under <work_dir>/demo_data, made ready by coco14/prepare.py (both
     once), the demo's settings where the command line did not give a value, every step at 80 classes."""
     from coco14 import prepare, synthetic
-    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    given = demo_given(args, ("voc12_root", "coco_root", "cls_labels"))
     if "work_dir" not in given:
         args.work_dir = "demo_work_coco14"
     data = synthetic.make_dataset(os.path.join(args.work_dir, "demo_data"))
     print(prepare.describe(prepare.prepare(data["root"], workers=max(1, args.num_workers))))
     args.dataset, args.coco_root = "coco14", data["root"]
-    args.infer_list = args.eval_list = data["subset"]  # train_list and labels: ROOT's, by finalize_args
-    args.seg_train_list = data["subset"]  # the ids with pseudo masks; DeepLab is scored on ROOT's val14.txt
-    return demo_defaults(args, COCO_DEMO_FLAGS, given)
+    # train_list, seg_infer_list and seg_eval_list: ROOT's train14.txt / val14.txt, by finalize_args (unless given)
+    lists = {"infer_list": data["subset"], "eval_list": data["subset"],
+             "seg_train_list": data["subset"]}  # the ids with pseudo masks
+    return demo_defaults(args, {**COCO_DEMO_FLAGS, **lists}, given)

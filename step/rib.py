@@ -554,7 +554,7 @@ def settings(args):
     """The values that decide RIB's maps (a rerun with other values stops; misc/resume.py)."""
     return {**RIBConfig.from_args(args).__dict__, "other_images": args.rib_batch, "crop_size": args.rib_crop_size,
             "disjoint_prob": args.rib_disjoint_prob, "resize_long": list(args.cam_resize_long), "seed": args.seed,
-            "train_list": resume.file_digest(args.train_list)}
+            "train_list": resume.file_digest(args.train_list, "--train_list")}
 
 
 def run(args, finetune=None):

@@ -249,7 +249,7 @@ def test_eval_rib_iters_script(tiny, base_run):
         for t in thresholds:
             pairs = []
             for img_id in tiny.ids[:2]:
-                rec = load_cam_npz(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, r["k"]), img_id))
+                rec = load_cam_npz(cam_path(rib.iters_dir(base_run.rib_out_dir, r["k"]), img_id))
                 gt = np.asarray(Image.open(os.path.join(tiny.root, "SegmentationClassAug", img_id + ".png")))
                 cls = rec["keys"][rec["high_res"].argmax(0)] + 1
                 pairs.append((gt, np.where(rec["high_res"].max(0) > np.float32(t), cls, 0)))
