@@ -1,0 +1,91 @@
+"""scripts/gpu_check.py, the one command for a lent GPU machine, dry-run on the CPU (--device cpu --tiny): every part
+writes its JSON and markdown, a failing part is recorded and the next one still runs, a spent budget is said."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from voc12.synthetic import make_dataset
+
+PART_LETTERS = "abcde"
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A synthetic VOC-format root laid out like the carry pack (ImageSets/train_subset.txt with masks,
+    train_aug_subset.txt, cls_labels.npz)."""
+    root = tmp_path_factory.mktemp("gpu_check_data")
+    data = make_dataset(str(root), num_train=12, num_eval=4, size=64, seed=0)
+    shutil.copy(data["train"], root / "ImageSets" / "train_aug_subset.txt")
+    shutil.copy(data["eval"], root / "ImageSets" / "train_subset.txt")
+    return root
+
+
+def gpu_check(out, *flags, timeout=400):
+    cmd = [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out), *flags]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def load_part(out, letter):
+    with open(out / f"part_{letter}.json") as f:
+        return json.load(f)
+
+
+def test_cpu_dry_run_writes_every_part(tiny_root, tmp_path):
+    out = tmp_path / "check"
+    proc = gpu_check(out, "--voc12_root", str(tiny_root))
+    for letter in PART_LETTERS:
+        data = load_part(out, letter)
+        md = (out / f"part_{letter}.md").read_text()
+        assert data["status"] == "ok", (letter, data["error"], data["notes"])
+        assert data["rows"], letter
+        for key in ("gpu", "torch", "cuda", "cudnn", "python", "numpy", "date_utc", "command", "budget_s"):
+            assert key in data, (letter, key)
+        assert data["command"].startswith("python scripts/gpu_check.py --device cpu --tiny")
+        assert "--part_child" not in data["command"]
+        assert 0 < data["elapsed_s"] <= data["budget_s"] + 30
+        assert md.startswith(f"## Part {letter}:") and "status: **ok**" in md and "\n|---|" in md
+        assert data["torch"] in md and data["command"] in md
+        assert f"part {letter} (" in proc.stdout
+    a = {r["item"]: r["value"] for r in load_part(out, "a")["rows"]}
+    assert a["cuda_available"] is False and "rc 0" in a["pytest -m cuda"] and "skipped" in a["pytest -m cuda"]
+    b = {r["variant"]: r for r in load_part(out, "b")["rows"]}
+    ref = b["reference (fp32, official structure)"]
+    assert b["fast (bf16, channels-last)"]["s_per_image"] > 0
+    # on the CPU in fp32 the fast path computes exactly what the reference loop does
+    assert ref["max_abs_diff_vs_fast"] == 0 and ref["seed_pixels_equal_vs_fast"] == 1.0
+    assert 0 <= ref["seed_miou"] <= 100
+    c = [r["what"] for r in load_part(out, "c")["rows"]]
+    assert "training fp32" in c and any(w.startswith("inference") for w in c)
+    d = [r["what"].split()[0] for r in load_part(out, "d")["rows"]]
+    assert d == ["make_cam", "random", "train_cam", "train_irn"]
+    e = {r["what"]: r for r in load_part(out, "e")["rows"]}
+    assert 1 <= e["seed mIoU, plain CAM"]["images"] == e["seed mIoU, RIB"]["images"] <= 2  # as many as fit
+    assert all(0 <= e[k]["seed_miou"] <= 100 for k in ("seed mIoU, plain CAM", "seed mIoU, RIB"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary) == list(PART_LETTERS)
+    assert all(f"## Part {x}:" in (out / "summary.md").read_text() for x in PART_LETTERS)
+
+
+def test_a_failing_part_is_recorded_and_the_next_still_runs(tmp_path):
+    out = tmp_path / "check"
+    gpu_check(out, "--parts", "db", "--voc12_root", str(tmp_path / "no_such_root"), timeout=200)
+    for letter in "db":
+        data = load_part(out, letter)
+        assert data["status"] == "error" and "no_such_root" in data["error"], data
+        assert "error:" in (out / f"part_{letter}.md").read_text()
+    assert sorted(json.loads((out / "summary.json").read_text())) == ["b", "d"]
+
+
+def test_a_spent_budget_skips_the_rest_of_a_part(tiny_root, tmp_path):
+    out = tmp_path / "check"
+    gpu_check(out, "--parts", "c", "--budget_c", "0", "--voc12_root", str(tiny_root), timeout=200)
+    data = load_part(out, "c")
+    assert data["status"] == "over budget" and data["rows"] == []
+    assert any(n.startswith("not run: training bf16") for n in data["notes"])
+    assert any(n.startswith("not run: inference") for n in data["notes"])
