@@ -9,7 +9,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED_VOC = REPO.parent / "shared" / "data" / "voc12_subset"
+# RIB_TEST_VOC: another copy of the subset (a lent GPU machine has no ../shared: scripts/gpu_check.py points it at
+# the carry pack, .devdata/voc_pack)
+SHARED_VOC = Path(os.environ.get("RIB_TEST_VOC") or REPO.parent / "shared" / "data" / "voc12_subset")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -4,8 +4,12 @@ hot loops, and numpy 2 / torch deprecation hygiene.
 
 The steps' `autocast(device, amp)` is a no-op on the CPU (bf16 is slower than fp32 there), so these tests swap in a
 CPU bf16 autocast: the code between the casts, the `.float()` before every reduction, is exactly what runs on CUDA.
-Tolerances (measured on this CPU, see each test): bf16 vs fp32 after K = 2 RIB steps: CAM within 5% of its peak,
-seeds equal on >= 90% of the pixels (a random classifier: flat maps whose classes nearly tie), loss within 2%; DeepLab: loss within 2% per iteration, >= 97% equal argmax.
+Tolerances, with what this 2-core CPU measured (random classifiers, see each test):
+* RIB, bf16 vs fp32 through K = 1 step (two CAMs summed): CAM within 5% of its peak (measured 0.5-1.3%), seeds equal
+  on >= 90% of the pixels (measured 94%: a random classifier's maps are flat, its classes nearly tie), loss within
+  3% (measured 1.5%);
+* DeepLab, two iterations: loss within 2% (measured 0.03-0.1%), argmax of the prediction equal on >= 97% of the
+  pixels (measured 100%), probabilities within 0.05 (measured 0.022).
 """
 import contextlib
 import functools
@@ -60,10 +64,10 @@ def flushed_denormals():
     torch.set_flush_denormal(False)
 
 
-def rib_inputs(images, num_classes=4, others=1, crop=64, k_max=4):
+def rib_inputs(images, num_classes=4, others=1, crop=64, k_max=4, iters=1):
     label = torch.zeros(num_classes)
     label[[0, 2]] = 1
-    cfg = rib.RIBConfig(iters=2, cam_scales=(1.0,), loss_scales=(1.0,), explode_stop=False)
+    cfg = rib.RIBConfig(iters=iters, cam_scales=(1.0,), loss_scales=(1.0,), explode_stop=False)
     target = {"img": [torch.from_numpy(p) for p in scale_pyramid(images[0], cfg.forward_scales)], "label": label}
     rng = np.random.default_rng(0)
     batches = []
@@ -138,7 +142,7 @@ def test_rib_bf16_autocast_agrees_with_fp32_and_keeps_reductions_in_fp32(synthet
     assert recorded["forward"] == {torch.bfloat16}  # the forward really ran in bf16
     assert recorded["pool"] == {torch.float32}  # but GNDRP and the loss see fp32
     assert all(dt == torch.float32 for dt, _ in recorded["loss"])
-    assert bf16.terms == fp32.terms and bf16.updates == fp32.updates == 2
+    assert bf16.terms == fp32.terms and bf16.updates == fp32.updates == 1
     for a, b in zip(fp32.sums, bf16.sums):
         assert b.dtype == torch.float32  # the CAM sum over K is fp32
         rel = float((a - b).abs().max() / a.abs().max())
@@ -149,22 +153,27 @@ def test_rib_bf16_autocast_agrees_with_fp32_and_keeps_reductions_in_fp32(synthet
         assert same >= 0.9, same
     for (_, la), (_, lb) in zip(fp32_loss, recorded["loss"]):
         print(f"RIB loss fp32 {la:.5g} bf16 {lb:.5g}")
-        assert abs(la - lb) <= 0.02 * abs(la) + 1e-3, (la, lb)
+        assert abs(la - lb) <= 0.03 * abs(la) + 1e-3, (la, lb)
 
 
-def deeplab_iterations(amp, channels_last=False, iters=3, seed=0):
+def deeplab_iterations(amp, channels_last=False, iters=2, seed=0):
     from deeplab.losses import balanced_cross_entropy, msc_loss
     from deeplab.model import build_deeplab, parameter_groups
+    from deeplab.train import RANDOM_INIT_BRANCH_SCALE, damp_residual_branches
+    from net.resnet50 import calibrate_batchnorm
     torch.manual_seed(seed)
-    model = build_deeplab(5, "resnet50").train()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, 33, 33, generator=g)
+    model = build_deeplab(5, "resnet50")
+    calibrate_batchnorm(model.base, [x])  # as train_deeplab's random init: calibrated BN, damped branches
+    damp_residual_branches(model.base.backbone, RANDOM_INIT_BRANCH_SCALE)
+    model.train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(parameter_groups(model, 1e-3, 5e-4), lr=1e-3, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, 65, 65, generator=g)
+    optimizer = torch.optim.SGD(parameter_groups(model, 1e-4, 5e-4), lr=1e-4, momentum=0.9)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 5, (2, 65, 65), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 5, (1, 33, 33), generator=g, dtype=torch.uint8)
     labels[:, :, :8] = 255
     losses = []
     for _ in range(iters):
@@ -175,7 +184,7 @@ def deeplab_iterations(amp, channels_last=False, iters=3, seed=0):
         assert loss.dtype == torch.float32
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return model.eval(), losses, [o.dtype for o in outputs]
 
 
@@ -208,19 +217,16 @@ def test_channels_last_equals_contiguous(synthetic):
     cl, _ = run_rib_image(synthetic, channels_last=True)
     for a, b in zip(plain.sums, cl.sums):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
-    m_a, l_a, _ = deeplab_iterations(amp=False, iters=2)
-    m_b, l_b, _ = deeplab_iterations(amp=False, channels_last=True, iters=2)
+    m_a, l_a, _ = deeplab_iterations(amp=False, iters=1)
+    m_b, l_b, _ = deeplab_iterations(amp=False, channels_last=True, iters=1)
     assert np.allclose(l_a, l_b, rtol=1e-4)
-    x = torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(1, 3, 33, 33, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         a, b = m_a(x, (1.0,)), m_b(x.contiguous(memory_format=torch.channels_last), (1.0,))
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
 
 
 def test_rib_compile_inductor_matches_eager(synthetic):
-    from torch._inductor import config as inductor_config
-    if not inductor_config.cpp.cxx:
-        pass  # inductor finds the compiler itself (cc / g++ on PATH)
     assert any(os.access(os.path.join(d, c), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)
                for c in ("g++", "c++", "cc")), "inductor on the CPU needs a C++ compiler (apt-get install g++)"
     torch._dynamo.reset()
@@ -229,3 +235,61 @@ def test_rib_compile_inductor_matches_eager(synthetic):
     assert compiled.terms == eager.terms
     for a, b in zip(eager.sums, compiled.sums):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
+
+
+# --- numpy 2 / Python 3.12 / torch 2.11 idioms ----------------------------------------------------------------
+
+REMOVED_NUMPY = re.compile(r"\bnp\.(float|int|bool|object|str|long|unicode|complex|product|cumproduct|sometrue|"
+                           r"alltrue|in1d|row_stack|trapz|round_|asfarray|find_common_type|msort|NaN|Inf|PINF|"
+                           r"NINF|infty|Infinity|float_|complex_|string_|unicode_|cast|mat)\b(?!\w)")
+
+
+def test_no_removed_numpy_aliases_or_deprecated_torch_calls():
+    bad = []
+    deprecated_torch = re.compile(r"torch\.cuda\.amp\.(autocast|GradScaler)|torch\.cpu\.amp\.autocast|"
+                                  r"torch\.load\((?![^)]*weights_only)|\.type\(torch\.cuda|"
+                                  r"torch\.set_default_tensor_type|torch\.testing\.assert_allclose")
+    for folder in ("misc", "net", "step", "voc12", "coco14", "deeplab", "scripts", "toy", "tests"):
+        for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
+            for name in files:
+                if not name.endswith(".py") or name == "test_gpu_paths.py":
+                    continue
+                path = os.path.join(dirpath, name)
+                for n, line in enumerate(open(path, encoding="utf-8"), 1):
+                    code = line.split("#")[0]
+                    if REMOVED_NUMPY.search(code) or deprecated_torch.search(code):
+                        bad.append(f"{os.path.relpath(path, REPO)}:{n}: {line.strip()}")
+    for name in ("run_sample.py",):
+        for n, line in enumerate(open(os.path.join(REPO, name), encoding="utf-8"), 1):
+            if REMOVED_NUMPY.search(line.split("#")[0]):
+                bad.append(f"{name}:{n}: {line.strip()}")
+    assert not bad, "\n".join(bad)
+
+
+def test_hot_paths_raise_no_deprecation_warning(synthetic, monkeypatch):
+    """One RIB image (bf16 casts included) and two DeepLab iterations with torch's and numpy's DeprecationWarning /
+    FutureWarning turned into errors."""
+    monkeypatch.setattr(rib, "autocast", cpu_bf16_autocast)
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("error", category=category, module=r"(torch|numpy)(\.|$)")
+            warnings.filterwarnings("error", category=category, module=r"(misc|net|step|deeplab|voc12)(\.|$)")
+        result, _ = run_rib_image(synthetic, amp=True)
+        _, losses, _ = deeplab_iterations(amp=False, iters=1)
+    assert result.updates == 1 and all(np.isfinite(losses))
+
+
+def test_make_cam_merges_the_flip_in_fp32_under_bf16(synthetic):
+    """make_cam's image + flipped-image sum is made in fp32 from the bf16 maps, as RIB's CAM of theta_0."""
+    from misc.cams import multiscale_cam_maps
+    from net.resnet50_cam import flip_merged_cam
+    model = fresh_classifier().eval()
+    pyramid = [torch.from_numpy(p) for p in scale_pyramid(synthetic[0], (1.0,))]
+    with torch.no_grad():
+        maps = multiscale_cam_maps(model, pyramid, "cpu", False, lambda: cpu_bf16_autocast("cpu", True))
+        with cpu_bf16_autocast("cpu", True):
+            raw = model.class_maps(pyramid[0])
+        assert raw.dtype == torch.bfloat16
+        assert maps[0].dtype == torch.float32
+        assert torch.equal(maps[0], flip_merged_cam(raw.float()))
+        assert not torch.equal(maps[0], flip_merged_cam(raw).float())  # what the bf16 sum would have given
