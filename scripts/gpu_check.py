@@ -293,6 +293,8 @@ def part_a(part, opts):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "RIB_TEST_VOC": os.path.abspath(data_root(opts))})
+        part.data["child_groups"] = [proc.pid]  # the driver kills these too if it kills this part
+        part.write()
         try:
             rc = proc.wait(timeout=max(5.0, part.left()))
         except subprocess.TimeoutExpired:
@@ -403,7 +405,8 @@ def part_b(part, opts):
               f"other images of {args.rib_crop_size}^2, CAM scales {list(args.cam_scales)} + flip, loss scales "
               f"{list(args.rib_loss_scales)}, --rib_explode_stop false (a random classifier explodes at k = 1); "
               f"random BN-calibrated classifier: the mIoU compares the paths, it says nothing about RIB")
-    variants = [("fast (bf16, channels-last)", "fast", {"amp": True, "channels_last": True}),
+    fast_label = "fast (bf16, channels-last)" if on_cuda(opts) else "fast (step.rib; on the CPU fp32, contiguous)"
+    variants = [(fast_label, "fast", {"amp": True, "channels_last": True}),
                 ("reference (fp32, official structure)", "reference", {"reference": True}),
                 ("fast fp32", "fast_fp32", {"amp": False, "channels_last": True}),
                 ("fast + --rib_compile true", "compile", {"amp": True, "channels_last": True, "rib_compile": True})]
@@ -429,9 +432,8 @@ def part_b(part, opts):
         row.update(seed_miou=miou, threshold=thr)
         part.row(**row)
     rows = {r["variant"]: r for r in part.data["rows"]}
-    if "fast (bf16, channels-last)" in rows and "reference (fp32, official structure)" in rows:
-        ratio = rows["reference (fp32, official structure)"]["s_per_image"] / rows["fast (bf16, channels-last)"][
-            "s_per_image"]
+    if fast_label in rows and "reference (fp32, official structure)" in rows:
+        ratio = rows["reference (fp32, official structure)"]["s_per_image"] / rows[fast_label]["s_per_image"]
         part.note(f"speed-up of the fast path over the reference: {ratio:.2f}x")
 
 
@@ -451,25 +453,29 @@ def part_c(part, opts):
     args = bench_deeplab.get_args_parser().parse_args(argv)
     part.note(f"{args.arch} MSC, batch {args.batch}, crop {args.crop}, {args.iters} timed iterations after "
               f"{args.warmup}; fixed random batch on the device (the network's speed, no loader)")
+    def training(variant):
+        if variant == "bf16+compile" and not on_cuda(opts):
+            part.note("bf16+compile: CUDA only")
+            return
+        r = bench_deeplab.bench_training(args, variant, opts.device)
+        if r is None:
+            part.note(f"training {variant}: bench_deeplab runs bf16 on CUDA only (tests/test_gpu_paths.py checks "
+                      f"bf16 on the CPU)")
+            return
+        part.row(what=f"training {variant}", images_per_s=round(r["images_per_s"], 3),
+                 s_per_iter=round(r["s_per_iter"], 4), peak_gib=r["peak_mem_gib"],
+                 hours_30k_x_10=round(r["hours_for_30k_iters_batch_10"], 2))
+
     with denormals_flushed(not on_cuda(opts)):
-        for variant in ("bf16", "fp32", "bf16+compile"):
-            if part.out_of_time(f"training {variant}"):
-                continue
-            if variant == "bf16+compile" and not on_cuda(opts):
-                part.note("bf16+compile: CUDA only")
-                continue
-            r = bench_deeplab.bench_training(args, variant, opts.device)
-            if r is None:
-                part.note(f"training {variant}: bench_deeplab runs bf16 on CUDA only (tests/test_gpu_paths.py "
-                          f"checks bf16 on the CPU)")
-                continue
-            part.row(what=f"training {variant}", images_per_s=round(r["images_per_s"], 3),
-                     s_per_iter=round(r["s_per_iter"], 4), peak_gib=r["peak_mem_gib"],
-                     hours_30k_x_10=round(r["hours_for_30k_iters_batch_10"], 2))
+        for variant in ("bf16", "fp32"):
+            if not part.out_of_time(f"training {variant}"):
+                training(variant)
         if not part.out_of_time("inference"):
             inf = bench_deeplab.bench_inference(args, opts.device)
             part.row(what=f"inference {inf['image']} MSC 1.0/0.75/0.5, no CRF",
                      s_per_image=round(inf["network_s_per_image"], 4))
+        if not part.out_of_time("training bf16+compile"):  # last: compiling may take the rest of the budget
+            training("bf16+compile")
     if not has_module("pydensecrf"):
         part.note("pydensecrf is not installed: the CRF timing is skipped")
 
@@ -709,6 +715,17 @@ def exit_with_parent():
     threading.Thread(target=watch, daemon=True).start()
 
 
+def kill_part(proc, letter, out):
+    """Kill a part's process group and the process groups it started (recorded in its JSON)."""
+    groups = [proc.pid]
+    with contextlib.suppress(OSError, ValueError):
+        with open(json_path(out, letter)) as f:
+            groups += json.load(f).get("child_groups", [])
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, 9)
+
+
 def run_child(opts):
     import torch
     exit_with_parent()
@@ -746,8 +763,13 @@ def main(argv=None):
 
     def stop(signum, frame):  # an outer timeout: end the running part and everything it started, then exit
         if running.get("proc") is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(running["proc"].pid, 9)
+            kill_part(running["proc"], running["letter"], opts.out)
+            path = json_path(opts.out, running["letter"])
+            if os.path.isfile(path):  # what the part measured stays; its status says it was cut
+                with open(path) as f:
+                    data = json.load(f)
+                data["status"] = f"killed (gpu_check stopped by signal {signum})"
+                write_part_files(opts.out, data)
         write_summary(opts.out, letters)
         raise SystemExit(f"gpu_check: stopped by signal {signum}")
     signal.signal(signal.SIGTERM, stop)
@@ -760,11 +782,11 @@ def main(argv=None):
         status = None
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            running["proc"] = proc
+            running.update(proc=proc, letter=letter)
             try:
                 proc.wait(timeout=budget + KILL_GRACE)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)  # the part and everything it started
+                kill_part(proc, letter, opts.out)  # the part and everything it started
                 proc.wait()
                 status = f"killed after {budget + KILL_GRACE:g} s"
         path = json_path(opts.out, letter)

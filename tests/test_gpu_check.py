@@ -76,7 +76,7 @@ def test_cpu_dry_run_writes_every_part(tiny_root, tmp_path):
     assert "pydensecrf is not installed" in notes and "pycocotools is not installed" in notes
     b = {r["variant"]: r for r in load_part(out, "b")["rows"]}
     ref = b["reference (fp32, official structure)"]
-    assert b["fast (bf16, channels-last)"]["s_per_image"] > 0
+    assert b["fast (step.rib; on the CPU fp32, contiguous)"]["s_per_image"] > 0
     # on the CPU in fp32 the fast path computes exactly what the reference loop does
     assert ref["max_abs_diff_vs_fast"] == 0 and ref["seed_pixels_equal_vs_fast"] == 1.0
     assert 0 <= ref["seed_miou"] <= 100
@@ -107,5 +107,5 @@ def test_a_spent_budget_skips_the_rest_of_a_part(tiny_root, tmp_path):
     gpu_check(out, "--parts", "c", "--budget_c", "0", "--voc12_root", str(tiny_root), timeout=200)
     data = load_part(out, "c")
     assert data["status"] == "over budget" and data["rows"] == []
-    assert any(n.startswith("not run: training bf16") for n in data["notes"])
-    assert any(n.startswith("not run: inference") for n in data["notes"])
+    for what in ("training bf16", "training fp32", "inference", "training bf16+compile"):
+        assert f"not run: {what} (budget of 0 s spent)" in data["notes"], data["notes"]

@@ -89,8 +89,8 @@ def fresh_classifier(num_classes=4, seed=0):
     return model
 
 
-def run_rib_image(images, forward_wrap=None, channels_last=False, amp=False, model=None):
-    cfg, target, batches = rib_inputs(images)
+def run_rib_image(images, forward_wrap=None, channels_last=False, amp=False, model=None, **inputs):
+    cfg, target, batches = rib_inputs(images, **inputs)
     model = model or fresh_classifier()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -226,12 +226,25 @@ def test_channels_last_equals_contiguous(synthetic):
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
 
 
-def test_rib_compile_inductor_matches_eager(synthetic):
+def test_rib_compile_inductor_matches_eager(synthetic, monkeypatch):
+    """step.rib's --rib_compile wiring (torch.compile of class_maps, used with and without gradient, backward
+    through the compiled graph) on the project's own blocks: a ResNet of 1 Bottleneck per stage instead of
+    3/4/6/3 (FixedBatchNorm, dilation, the frozen stem), so that inductor's CPU compile stays under a minute or
+    two here; the full ResNet-50 is compiled by tests/test_cuda.py and scripts/gpu_check.py part b on a GPU."""
+    from net import resnet50_cam
+    from net.resnet50 import ResNet
+    from torch._inductor import config as inductor_config
+    monkeypatch.setattr(resnet50_cam, "resnet50", lambda strides: ResNet([1, 1, 1, 1], strides))
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no worker pool on a 2-core machine
     assert any(os.access(os.path.join(d, c), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)
                for c in ("g++", "c++", "cc")), "inductor on the CPU needs a C++ compiler (apt-get install g++)"
     torch._dynamo.reset()
-    eager, _ = run_rib_image(synthetic)
-    compiled, _ = run_rib_image(synthetic, lambda fn: torch.compile(fn, dynamic=None))
+    # the other images' batch has the target pair's shape (2, 3, 96, 96): two graphs (with and without gradient)
+    # instead of a recompile per shape, which keeps the CPU compile time down
+    same_shape = {"others": 2, "crop": 96}
+    eager, _ = run_rib_image(synthetic, model=fresh_classifier(), **same_shape)
+    compiled, _ = run_rib_image(synthetic, lambda fn: torch.compile(fn, dynamic=None), model=fresh_classifier(),
+                                **same_shape)
     assert compiled.terms == eager.terms
     for a, b in zip(eager.sums, compiled.sums):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
@@ -284,7 +297,7 @@ def test_make_cam_merges_the_flip_in_fp32_under_bf16(synthetic):
     from misc.cams import multiscale_cam_maps
     from net.resnet50_cam import flip_merged_cam
     model = fresh_classifier().eval()
-    pyramid = [torch.from_numpy(p) for p in scale_pyramid(synthetic[0], (1.0,))]
+    pyramid = [torch.from_numpy(p) for p in scale_pyramid(synthetic[0][:64, :64], (1.0,))]
     with torch.no_grad():
         maps = multiscale_cam_maps(model, pyramid, "cpu", False, lambda: cpu_bf16_autocast("cpu", True))
         with cpu_bf16_autocast("cpu", True):
