@@ -286,7 +286,7 @@ def part_a(part, opts):
     log_path = os.path.join(opts.out, "part_a_pytest.log")
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-rs", os.path.join(REPO, "tests", "test_cuda.py")]
     if env["has_pytest_timeout"]:
-        cmd += ["-p", "pytest_timeout", f"--timeout={opts.pytest_timeout}"]
+        cmd += [f"--timeout={opts.pytest_timeout}"]  # the plugin loads itself when installed
     else:
         part.note("pytest-timeout is not installed: no per-test timeout, only the part's budget")
     start = time.perf_counter()
