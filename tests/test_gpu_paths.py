@@ -258,10 +258,13 @@ REMOVED_NUMPY = re.compile(r"\bnp\.(float|int|bool|object|str|long|unicode|compl
 
 
 def test_no_removed_numpy_aliases_or_deprecated_torch_calls():
+    """numpy 2 removed aliases, torch calls that 2.x deprecates, Python 3.12 removals (the lent machine's stack)."""
     bad = []
     deprecated_torch = re.compile(r"torch\.cuda\.amp\.(autocast|GradScaler)|torch\.cpu\.amp\.autocast|"
                                   r"torch\.load\((?![^)]*weights_only)|\.type\(torch\.cuda|"
                                   r"torch\.set_default_tensor_type|torch\.testing\.assert_allclose")
+    py312 = re.compile(r"datetime\.utcnow|datetime\.utcfromtimestamp|\bdistutils\b|^\s*import imp\b|pkg_resources|"
+                       r"locale\.getdefaultlocale|\bast\.(Num|Str|Bytes|NameConstant|Ellipsis)\b")
     for folder in ("misc", "net", "step", "voc12", "coco14", "deeplab", "scripts", "toy", "tests"):
         for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
             for name in files:
@@ -270,7 +273,7 @@ def test_no_removed_numpy_aliases_or_deprecated_torch_calls():
                 path = os.path.join(dirpath, name)
                 for n, line in enumerate(open(path, encoding="utf-8"), 1):
                     code = line.split("#")[0]
-                    if REMOVED_NUMPY.search(code) or deprecated_torch.search(code):
+                    if REMOVED_NUMPY.search(code) or deprecated_torch.search(code) or py312.search(code):
                         bad.append(f"{os.path.relpath(path, REPO)}:{n}: {line.strip()}")
     for name in ("run_sample.py",):
         for n, line in enumerate(open(os.path.join(REPO, name), encoding="utf-8"), 1):
