@@ -291,8 +291,7 @@ def part_a(part, opts):
         part.note("pytest-timeout is not installed: no per-test timeout, only the part's budget")
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "RIB_TEST_VOC": os.path.abspath(data_root(opts))})
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         part.data["child_groups"] = [proc.pid]  # the driver kills these too if it kills this part
         part.write()
         try:
