@@ -71,6 +71,9 @@ def main(argv=None):
     mask_bytes = sum(os.path.getsize(os.path.join(args.voc12_root, "SegmentationClassAug", i + ".png"))
                      for i in with_masks)
     budget = args.max_mb * 2 ** 20 - mask_bytes - 2 ** 20  # lists, labels, slack
+    if budget <= 0:
+        raise SystemExit(f"error: --max_mb {args.max_mb} leaves no room for images after the masks "
+                         f"({mask_bytes / 2 ** 20:.1f} MiB) and 1 MiB for lists and labels: raise --max_mb")
     quality, mean = choose_quality([img_path(i) for i in all_ids], budget, len(all_ids), args.long_side)
     kept_others = others[:max(0, int(budget // mean) - len(with_masks))]
     kept = with_masks + kept_others

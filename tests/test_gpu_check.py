@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from misc.fileio import load_image_rgb
 from voc12.synthetic import make_dataset
 
 PART_LETTERS = "abcde"
@@ -111,3 +112,27 @@ def test_a_spent_budget_skips_the_rest_of_a_part(tiny_root, tmp_path):
     assert data["status"] == "over budget" and data["rows"] == []
     for what in ("training bf16", "training fp32", "inference", "training bf16+compile"):
         assert f"not run: {what} (budget of 0 s spent)" in data["notes"], data["notes"]
+
+
+def test_carry_pack_is_a_voc_root_within_its_budget(voc_root, tmp_path):
+    """scripts/make_carry_pack.py on the shipped real sample with a 2 MiB budget (1 MiB of it kept for lists and
+    labels): the masked images first, then others, sizes within the budget, a VOC root gpu_check reads; a budget
+    too small for anything is one clear error."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_carry_pack
+    from misc.datasets import load_id_list
+    from voc12 import dataloader as voc
+    out = tmp_path / "pack"
+    with pytest.raises(SystemExit, match="--max_mb 1 leaves no room"):
+        make_carry_pack.main(["--voc12_root", voc_root, "--out", str(out), "--max_mb", "1"])
+    summary = make_carry_pack.main(["--voc12_root", voc_root, "--out", str(out), "--max_mb", "2"])
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 2 * 2 ** 20
+    masked = load_id_list(str(out / "ImageSets" / "train_subset.txt"))
+    every = load_id_list(str(out / "ImageSets" / "train_aug_subset.txt"))
+    assert summary["images"] == len(every) == len(list((out / "JPEGImages").iterdir())) > len(masked) > 0
+    assert set(masked) <= set(every) and summary["with_masks"] == len(masked)
+    spec = voc.make_spec(str(out), label_file=str(out / "cls_labels.npz"))
+    for img_id in masked:
+        assert spec.load_gt(img_id).shape == load_image_rgb(spec.image_path(img_id)).shape[:2]
+    assert json.loads((out / "PACK.json").read_text())["jpeg_quality"] == summary["jpeg_quality"]
