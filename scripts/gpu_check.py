@@ -314,7 +314,7 @@ def part_a(part, opts):
 
 
 def rib_reference_loop():
-    """The official-structure reference loop (scripts/bench_rib.py's)."""
+    """The official-structure reference loop (step/rib_reference.py, as scripts/bench_rib.py imports it)."""
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import bench_rib
     return bench_rib.reference_rib, bench_rib.ensure_classifier
@@ -395,7 +395,6 @@ def part_b(part, opts):
     args = run_args(opts, work, *rib_settings(opts), "--rib_explode_stop", "false")
     args.device = opts.device
     os.makedirs(os.path.join(work, "sess"), exist_ok=True)
-    args._rib_early_checks = True
     rib_reference_loop()[1](args)  # a random BN-calibrated classifier (timings; the mIoU only compares)
     ids_all = masked_ids(opts)
     count = 1 if opts.tiny else opts.rib_images
@@ -442,7 +441,7 @@ def part_b(part, opts):
 def part_c(part, opts):
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import bench_deeplab
-    from deeplab.predict import denormals_flushed
+    from misc.torchutils import denormals_flushed
     argv = ["--device", opts.device, "--voc12_root", data_root(opts), "--crf", "false"]
     if opts.tiny:
         argv += ["--arch", "resnet50", "--batch", "1", "--crop", "33", "--iters", "1", "--warmup", "0",
@@ -497,7 +496,7 @@ def time_loop(opts, step, iters, warmup):
 def part_d(part, opts):
     import torch
     import torch.nn.functional as F
-    from misc import indexing
+    from net import irn_affinity
     from misc.cams import multiscale_cam_maps, resize_and_sum
     from misc.datasets import ClassificationDataset, build_spec
     from misc.imutils import scale_pyramid
@@ -540,7 +539,7 @@ def part_d(part, opts):
         h, w = (48, 64) if tiny else (375, 500)
         cams, edge = synthetic_case(h, w, 2)
         cams, edge = cams.to(device), edge.to(device)
-        s = time_loop(opts, lambda: indexing.random_walk_lean(cams.pow(1.3), edge, 5, 10.0, 8), iters, warmup)
+        s = time_loop(opts, lambda: irn_affinity.random_walk_lean(cams.pow(1.3), edge, 5, 10.0, 8), iters, warmup)
         part.row(what=f"random walk {w}x{h} (lean, radius 5, 2^8 steps, 2 classes)", s_per_image=round(s, 4),
                  peak_gib=peak_gib(opts))
 
@@ -655,7 +654,7 @@ def part_e(part, opts):
             "--train_list", train_list,
             "--infer_list", os.path.join(root, "ImageSets", "train_subset.txt"), "--cam_eval_sweep",
             "0.05,0.95,0.05", "--save_cam_png", "0", "--check_classifier", "true"]
-    from misc.fileio import DataError
+    from misc.errors import DataError
     start = time.perf_counter()
     try:
         run_sample.run_steps(run_args(opts, work, *base, "--only", "train_cam"))
@@ -677,7 +676,6 @@ def part_e(part, opts):
         with open(ids_path, "w") as f:
             f.write("\n".join(ids) + "\n")
         a = run_args(opts, work, *base, "--infer_list", ids_path, "--eval_list", ids_path, "--only", only)
-        a._rib_early_checks = True
         run_sample.run_steps(a)
         return a
 
