@@ -102,6 +102,7 @@ def rib_counts(iters):
     cfg, target, batches = rib_inputs(images, k_max=iters + 1)
     # both early stops on, neither ever fires: every step pays its documented sync
     cfg = rib.RIBConfig(iters=iters, cam_scales=(1.0,), loss_scales=(1.0,), explode_stop=True, explode_ratio=1.0,
+                        gndrp_norm="paper", aggregate="paper",
                         margin_mode="official", margin=1e12)
     model = fresh_classifier()
     with audit() as (syncs, creations):

@@ -67,7 +67,8 @@ def flushed_denormals():
 def rib_inputs(images, num_classes=4, others=1, crop=64, k_max=4, iters=1):
     label = torch.zeros(num_classes)
     label[[0, 2]] = 1
-    cfg = rib.RIBConfig(iters=iters, cam_scales=(1.0,), loss_scales=(1.0,), explode_stop=False)
+    cfg = rib.RIBConfig(iters=iters, cam_scales=(1.0,), loss_scales=(1.0,), explode_stop=False,
+                        gndrp_norm="paper", margin_mode="paper", aggregate="paper")  # the paper's equations
     target = {"img": [torch.from_numpy(p) for p in scale_pyramid(images[0], cfg.forward_scales)], "label": label}
     rng = np.random.default_rng(0)
     batches = []
