@@ -117,6 +117,10 @@ def add_classifier_args(p, dataset, preset):
     g.add_argument("--check_classifier", type=str2bool, default=True,
                    help="after train_cam, check that the classifier's logits on a few training images are finite "
                         "and bounded (a diverged classifier stops here, not later in RIB)")
+    g.add_argument("--cam_format", default="compact", choices=("compact", "plain", "float16"),
+                   help="CAM records of make_cam and rib: compact (lossless, ~1/50 of plain's bytes, "
+                        "misc/cam_format.py), plain (lossless, the official float32 layout), float16 (lossy, "
+                        "effect on seed mIoU in docs/benchmarks.md)")
 
 
 def add_eval_cam_args(p, dataset, preset):

@@ -81,9 +81,14 @@ def cam_record(strided_sum, high_res_sum, label):
     return keys.cpu().numpy(), strided.cpu().numpy(), high_res.cpu().numpy()
 
 
-def write_cam_record(path, strided_sum, high_res_sum, label):
+def write_cam_record(path, strided_sum, high_res_sum, label, maps=None, fmt="compact"):
+    """Write the record of one image; `maps`: the per-scale maps that resize_and_sum summed (all classes), which
+    the compact record stores instead of the full-resolution arrays (misc/cam_format.py)."""
     keys, strided, high_res = cam_record(strided_sum, high_res_sum, label.cpu())
     if not (np.isfinite(strided).all() and np.isfinite(high_res).all()):
         raise RuntimeError(f"non-finite CAM for {os.path.basename(path)[:-4]}: the classifier's weights or "
                            f"activations overflow (did its training diverge?); nothing was written")
-    save_cam_npz(path, keys, strided, high_res)
+    if maps is not None:
+        index = torch.from_numpy(keys)
+        maps = [m.detach()[index.to(m.device)].float().cpu().numpy() for m in maps]
+    save_cam_npz(path, keys, strided, high_res, maps=maps, fmt=fmt)

@@ -505,7 +505,7 @@ def _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device
 
     def save_term(k, sums):
         write_cam_record(rib_path(iters_dir(args.rib_out_dir, k), img_id), *resize_and_sum(sums, size),
-                         target["label"])
+                         target["label"], sums, args.cam_format)
         written.add(k)
 
     result = rib_finetune_image(model, target, lambda k: _next_item(items, "others", j, k), cfg, device,
@@ -521,8 +521,8 @@ def _rib_one(model, theta0, forward, items, stream, j, img_id, cfg, args, device
         for k in range(cfg.last_cam_index + 1):
             if k not in written:
                 write_cam_record(rib_path(iters_dir(args.rib_out_dir, k), img_id), strided, high_res,
-                                 target["label"])
-    write_cam_record(out, strided, high_res, target["label"])
+                                 target["label"], result.sums, args.cam_format)
+    write_cam_record(out, strided, high_res, target["label"], result.sums, args.cam_format)
     log.debug("rib %s: %s after %d updates, CAM terms per scale %s", img_id, result.stop, result.updates,
               result.terms)
     return result.stop
