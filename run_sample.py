@@ -69,6 +69,9 @@ def add_environment_args(p, dataset, preset):
     g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of every random draw of the pipeline")
     g.add_argument("--amp", type=str2bool, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     g.add_argument("--channels_last", type=str2bool, default=True, help="channels-last tensors on CUDA")
+    g.add_argument("--tensorboard", type=str2bool, default=False,
+                   help="TensorBoard scalars (loss, lr, val mIoU) of train_cam, train_irn, train_aff and "
+                        "train_deeplab under <work_dir>/tb/ (needs: pip install tensorboard)")
     g.add_argument("--demo", nargs="?", const="voc12", default=None, choices=datasets.DATASETS,
                    help="write a small synthetic VOC-format dataset (4 classes) under <work_dir>/demo_data and run "
                         "every step on it on the CPU; --demo coco14: a COCO-format one (raw instances JSONs, 80 "
@@ -544,6 +547,7 @@ def main(argv=None):
         args = coco_demo_args(args) if args.demo == "coco14" else demo_args(args)
     log = logging.getLogger("run_sample")
     try:
+        runlog.check_tensorboard(args)
         run_steps(args)
     except DataError as e:
         log.error("%s", e)

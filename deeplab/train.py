@@ -21,7 +21,7 @@ from deeplab.data import IterationBatches, SegmentationTrainDataset, calibration
 from deeplab.losses import LOSSES, msc_loss
 from deeplab.model import build_deeplab, parameter_groups, poly_lr, set_lr
 from deeplab.predict import denormals_flushed, evaluate_model, load_deeplab, save_deeplab
-from misc import dist, provenance
+from misc import dist, provenance, runlog
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import DataError, load_checkpoint, save_checkpoint
 from misc.torchutils import autocast, seed_everything, set_cpu_threads, to_device
@@ -173,6 +173,7 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
     batches = iter(loader)
     loss_sum = torch.zeros((), device=device)
     window, window_start = 0, time.perf_counter()
+    scalars = runlog.Scalars(args, step)
     try:
         for it in range(start_iter, args.seg_num_iters):
             set_lr(optimizer, poly_lr(args.seg_learning_rate, it, args.seg_num_iters, args.seg_poly_power,
@@ -205,6 +206,7 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                     log.info("%s iteration %d/%d: loss %.4f (mean of %d), lr %.3e, %.1f images/s", step, done,
                              args.seg_num_iters, mean_loss, window, lr, rate)
+                    scalars.add(done, loss=mean_loss, lr=lr, images_per_s=rate)
                 loss_sum.zero_()
                 window, window_start = 0, time.perf_counter()
             if done % args.seg_save_every == 0 and done < args.seg_num_iters:
@@ -219,11 +221,13 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
                                           channels_last)
                     log.info("%s iteration %d: val mIoU %.2f on %d images of --seg_eval_list (no CRF)", step,
                              done, 100 * miou, len(eval_ids))
+                    scalars.add(done, val_miou=100 * miou)
                 dist.barrier()
     except torch.cuda.OutOfMemoryError:
         raise DataError(oom_message(args, per_rank_batch)) from None
     finally:
         bar.close()
+        scalars.close()
     if rank == 0:
         save_deeplab(weights_path, model, args.seg_arch, spec.class_names, iterations=args.seg_num_iters,
                      settings=settings)
