@@ -133,7 +133,7 @@ def line_chart(series, xlabel, ylabel, width=560, height=260):
     pad = max(1.0, (y1 - y0) * 0.1)
     y0, y1 = y0 - pad, y1 + pad
     x1 = x1 if x1 > x0 else x0 + 1
-    L, R, T, B = 48, 12, 10, 36
+    L, R, T, B = 58, 12, 10, 36
     sx = lambda x: L + (x - x0) / (x1 - x0) * (width - L - R)  # noqa: E731
     sy = lambda y: T + (y1 - y) / (y1 - y0) * (height - T - B)  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
@@ -147,7 +147,8 @@ def line_chart(series, xlabel, ylabel, width=560, height=260):
         parts.append(f'<text x="{sx(x):.1f}" y="{height - B + 16}" font-size="11" text-anchor="middle" '
                      f'fill="#667085">{x:.2f}</text>')
     parts.append(f'<text x="{(L + width - R) / 2}" y="{height - 4}" font-size="11" text-anchor="middle" '
-                 f'fill="#1d2330">{esc(xlabel)}</text><text x="12" y="{T + 8}" font-size="11" fill="#1d2330">'
+                 f'fill="#1d2330">{esc(xlabel)}</text><text x="12" y="{(T + height - B) / 2}" font-size="11" '
+                 f'fill="#1d2330" text-anchor="middle" transform="rotate(-90 12 {(T + height - B) / 2})">'
                  f'{esc(ylabel)}</text>')
     for name, s in series.items():
         s = [p for p in s if p[1] is not None]
@@ -331,8 +332,8 @@ def evals_html(evals):
     head = ["mIoU", "threshold", "precision", "recall", "F1", "images", "CRF mIoU"]
     rows = []
     for name, e in evals.items():
-        crf = e.get("crf", {})
-        crf = crf.get("miou") if isinstance(crf, dict) else crf
+        crf = e.get("crf")
+        crf = crf.get("miou") if isinstance(crf, dict) else None  # eval_deeplab's "crf" is the on/off flag
         vals = [e.get("miou"), e.get("threshold"), e.get("precision"), e.get("recall"), e.get("f1"),
                 e.get("num_images"), crf]
         rows.append(f"<tr><td><a href=\"../result/{esc(name)}.md\">{esc(name)}</a></td>" +
