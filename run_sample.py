@@ -271,6 +271,9 @@ def add_deeplab_args(p, dataset, preset):
     g.add_argument("--seg_loss", default="balanced", choices=("balanced", "ce"),
                    help="balanced: mean CE over background + mean CE over foreground pixels per image (the "
                         "paper's 'balanced cross-entropy, as DSRG'); ce: plain CE (deeplab-pytorch)")
+    g.add_argument("--seg_loss_smoothing", type=float_in(0, 0.1), default=0.0,
+                   help="balanced loss on softmax + this, renormalised (DSRG's SoftmaxLayer: 1e-4); 0: the exact "
+                        "log-softmax (docs/deeplab.md)")
     g.add_argument("--seg_save_every", type=int_at_least(1), default=1000,
                    help="write a resume checkpoint (model and optimiser state) every this many iterations")
     g.add_argument("--seg_log_every", type=int_at_least(1), default=50, help="log the mean loss every N iterations")

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from deeplab.data import IterationBatches, SegmentationTrainDataset, calibration_batches
-from deeplab.losses import LOSSES, msc_loss
+from deeplab.losses import make_loss, msc_loss
 from deeplab.model import build_deeplab, parameter_groups, poly_lr, set_lr
 from deeplab.predict import denormals_flushed, evaluate_model, load_deeplab, save_deeplab
 from misc import dist, provenance, runlog
@@ -49,7 +49,7 @@ def training_settings(args, spec, init):
             "learning_rate": args.seg_learning_rate, "momentum": args.seg_momentum,
             "weight_decay": args.seg_weight_decay, "poly_power": args.seg_poly_power, "lr_step": args.seg_lr_step,
             "crop_size": args.seg_crop_size, "scales": list(args.seg_scales), "loss": args.seg_loss,
-            "seed": args.seed}
+            "seed": args.seed, **({"loss_smoothing": args.seg_loss_smoothing} if args.seg_loss_smoothing else {})}
 
 
 def oom_message(args, per_rank_batch):
@@ -163,7 +163,7 @@ def _train_segmentation(args, step, label_dir, weights_path, label_step, init, i
                         prefetch_factor=4 if args.num_workers > 0 else None)
     ddp_model = dist.wrap_ddp(model, world, device)
     train_model = torch.compile(ddp_model) if args.seg_compile and on_cuda else ddp_model
-    loss_fn = LOSSES[args.seg_loss]
+    loss_fn = make_loss(args.seg_loss, args.seg_loss_smoothing)
 
     log.info("%s: %s DeepLab-v2 (MSC) on %d images, labels %s: iterations %d..%d, batch %d x %d process(es) x "
              "%d accumulated, crop %d, scales %s, lr %.2e, %s loss", step, args.seg_arch, len(ids), label_dir,

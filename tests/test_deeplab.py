@@ -4,6 +4,7 @@ real VOC images through the five steps, evaluation against a hand-computed confu
 import json
 import os
 import tarfile
+import types
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import make_args, train_subset_ids, write_list
-from deeplab.losses import balanced_cross_entropy, cross_entropy, msc_loss
+from deeplab.losses import balanced_cross_entropy, cross_entropy, make_loss, msc_loss
 from deeplab.model import ASPP_RATES, MSC, DeepLabV2, build_deeplab, logit_size, parameter_groups, poly_lr
 from misc.fileio import DataError, load_label_png, save_png
 
@@ -95,6 +96,34 @@ def test_balanced_and_plain_cross_entropy_by_hand():
     lab[:, :, 4:] = 1
     total = msc_loss([full, small], lab, balanced_cross_entropy)
     assert total.item() == pytest.approx(4 * np.log(2), rel=1e-5)  # (bg + fg) per output, uniform logits
+
+
+def test_dsrg_softmax_smoothing_by_hand(tmp_path):
+    """--seg_loss_smoothing s: p = (softmax + s) / (1 + C s) before the log (DSRG's SoftmaxLayer)."""
+    # one image, 2 classes, 4 pixels: softmax (1/4, 3/4) on a bg and a fg pixel, a bg pixel whose softmax is
+    # (e^-100, 1), an ignored pixel
+    logits = torch.tensor([[[[0.0, 0.0, 0.0, 0.0]], [[np.log(3), np.log(3), 100.0, 5.0]]]])
+    labels = torch.tensor([[[0, 1, 0, 255]]], dtype=torch.uint8)
+    exact = (np.log(4) + 100) / 2 + np.log(4 / 3)  # bg mean + fg mean, -log e^-100 = 100
+    assert balanced_cross_entropy(logits, labels).item() == pytest.approx(exact, rel=1e-6)
+    # s = 0.05: p_bg = 0.3 / 1.1 = 3/11, p_fg = 0.8 / 1.1 = 8/11, saturated bg 0.05 / 1.1 = 1/22
+    smoothed = (np.log(11 / 3) + np.log(22)) / 2 + np.log(11 / 8)
+    assert balanced_cross_entropy(logits, labels, smoothing=0.05).item() == pytest.approx(smoothed, rel=1e-6)
+    # DSRG's 1e-4 caps a pixel's loss at log((1 + 2e-4) / 1e-4) = 9.2105 instead of 100
+    capped = (np.log(1.0002 / 0.2501) + np.log(1.0002 / 1e-4)) / 2 + np.log(1.0002 / 0.7501)
+    assert make_loss("balanced", 1e-4)(logits, labels).item() == pytest.approx(capped, rel=1e-5)
+    assert make_loss("balanced", 0.0) is balanced_cross_entropy and make_loss("ce", 0.0) is cross_entropy
+    with pytest.raises(DataError, match="--seg_loss_smoothing 0.0001.*--seg_loss is ce"):
+        make_loss("ce", 1e-4)
+    # the flag: default 0 (the exact log-softmax), 1e-4 accepted, recorded in the checkpoint settings only when on
+    from deeplab.train import training_settings
+    spec = types.SimpleNamespace(class_names=["bg", "a"])
+    lst = write_list(tmp_path / "ids.txt", ["x"])
+    off = make_args(tmp_path, seg_train_list=lst)
+    on = make_args(tmp_path, seg_train_list=lst, seg_loss_smoothing=1e-4)
+    assert off.seg_loss_smoothing == 0.0 and on.seg_loss_smoothing == 1e-4
+    assert "loss_smoothing" not in training_settings(off, spec, "none")  # older checkpoints still resume
+    assert training_settings(on, spec, "none")["loss_smoothing"] == 1e-4
 
 
 def test_parameter_groups_and_poly_rate():
@@ -409,8 +438,13 @@ def test_bad_pseudo_masks_and_saliency(tmp_path, voc_root):
 def test_checkpoint_of_another_class_count_or_backbone(tmp_path):
     from deeplab.predict import load_deeplab, save_deeplab
     path = str(tmp_path / "deeplab.pth")
-    save_deeplab(path, build_deeplab(5, "resnet50"), "resnet50", ["a", "b", "c", "d"])
-    assert load_deeplab(path, 5, "resnet50") is not None
+    torch.manual_seed(0)
+    model = build_deeplab(5, "resnet50")
+    save_deeplab(path, model, "resnet50", ["a", "b", "c", "d"])
+    torch.manual_seed(1)  # another init: only the file can make the weights equal
+    loaded = load_deeplab(path, 5, "resnet50").state_dict()
+    saved = model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
     with pytest.raises(DataError, match="predicts 5 classes .* the dataset has 21"):
         load_deeplab(path, 21, "resnet50")
     with pytest.raises(DataError, match="resnet50 DeepLab but --seg_arch is resnet101"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_args, save_random_classifier, train_subset_ids, write_list
+from conftest import make_args, miou_by_hand, save_random_classifier, train_subset_ids, write_list
 from misc import indexing, psa
 from misc.fileio import DataError, load_checkpoint, load_label_png, save_checkpoint
 
@@ -270,6 +270,9 @@ def test_end_to_end_tiny_run(tiny_run, voc_root):
     assert results["num_images"] == len(ids) and len(results["per_class_iou"]) == 21
     # the walk starts from blurred ground truth: even a random AffinityNet keeps the masks far above chance
     assert 30 < results["miou"] <= 100
+    pairs = [(load_label_png(os.path.join(voc_root, "SegmentationClassAug", i + ".png")),
+              load_label_png(os.path.join(args.sem_seg_psa_out_dir, i + ".png")) % 255) for i in ids]
+    assert results["miou"] == round(100 * miou_by_hand(pairs), 3)  # recomputed from the masks on disk
 
 
 def test_second_run_skips_finished_outputs(tiny_run):

@@ -1,7 +1,7 @@
 """The RIB step (step/rib.py): what is updated, reset between images, early stops, output format, workers,
 resume, bad inputs, and agreement with the straightforward reference loop of scripts/bench_rib.py.
 
-Speed (2 shared CPU cores, ResNet-50): the images are real VOC images (the shared subset) downscaled to 64x48 in
+Speed (2 shared CPU cores, ResNet-50): the images are real VOC images (the shipped sample, tests/data/voc12_sample) downscaled to 64x48 in
 a temporary copy of the dataset, so one RIB step costs well under a second, and every target has the same shape,
 which keeps oneDNN's per-shape kernels warm. Settings: --rib_iter 2, --rib_batch 2, --rib_crop_size 64,
 --cam_scales 1.0,0.5, --rib_loss_scales 1.0, a random BN-calibrated classifier. The runs compared bit for bit
@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SHARED_VOC, make_args, save_random_classifier, train_subset_ids, write_list
+from conftest import REPO, make_args, miou_by_hand, save_random_classifier, train_subset_ids, write_list
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -67,9 +67,9 @@ def tiny(voc_root, tmp_path_factory):
     (root / "SegmentationClassAug").mkdir()
     ids = train_subset_ids(8)
     for i in ids:
-        Image.open(SHARED_VOC / "JPEGImages" / f"{i}.jpg").convert("RGB").resize(SIZE[::-1], Image.BICUBIC) \
+        Image.open(os.path.join(voc_root, "JPEGImages", f"{i}.jpg")).convert("RGB").resize(SIZE[::-1], Image.BICUBIC) \
             .save(root / "JPEGImages" / f"{i}.jpg", quality=95)
-        Image.open(SHARED_VOC / "SegmentationClassAug" / f"{i}.png").resize(SIZE[::-1], Image.NEAREST) \
+        Image.open(os.path.join(voc_root, "SegmentationClassAug", f"{i}.png")).resize(SIZE[::-1], Image.NEAREST) \
             .save(root / "SegmentationClassAug" / f"{i}.png")
     shutil.copy(root / "JPEGImages" / f"{ids[0]}.jpg", root / "JPEGImages" / f"{NOLABEL}.jpg")
     (root / "JPEGImages" / f"{CORRUPT}.jpg").write_bytes(b"not a jpeg")
@@ -238,7 +238,23 @@ def test_eval_rib_iters_script(tiny, base_run):
     base_run.cam_eval_thres = None
     rows = eval_rib_iters.evaluate_iterations(base_run, tiny.ids[:2])
     assert [r["k"] for r in rows] == [0, 1]
-    assert all(0 <= r["miou"] <= 100 for r in rows)
+    # recomputed by hand: background where the best class score is <= t, conftest's miou_by_hand, the best t
+    from step.eval_cam import sweep_thresholds
+    thresholds = sweep_thresholds(base_run)  # the VOC preset's --cam_eval_sweep 0.2,0.49,0.01
+    assert len(thresholds) == 30 and thresholds[0] == 0.2
+    for r in rows:
+        mious = []
+        for t in thresholds:
+            pairs = []
+            for img_id in tiny.ids[:2]:
+                rec = load_cam_npz(rib.rib_path(rib.iters_dir(base_run.rib_out_dir, r["k"]), img_id))
+                gt = np.asarray(Image.open(os.path.join(tiny.root, "SegmentationClassAug", img_id + ".png")))
+                cls = rec["keys"][rec["high_res"].argmax(0)] + 1
+                pairs.append((gt, np.where(rec["high_res"].max(0) > np.float32(t), cls, 0)))
+            mious.append(miou_by_hand(pairs))
+        assert r["threshold"] == pytest.approx(thresholds[int(np.argmax(mious))])
+        assert r["miou"] == round(100 * max(mious), 3), r
+    assert rows[0]["miou"] != rows[1]["miou"]  # one RIB update changed the seeds
 
 
 def test_reset_order_independence_resume_and_loader_workers(tiny, base_run, tmp_path):

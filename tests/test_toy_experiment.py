@@ -1,7 +1,7 @@
 """Tests of the toy experiment (Sec. 3.1 / Fig. 1 / Fig. 2): shapes and masks, HGR, IDX reading, the CLI.
 
-Tiny settings throughout (a synthetic 28x28 '2'/'8'/'1' IDX set written to tmp_path); the real MNIST files in
-<repo>/../shared/data/mnist are only read when present.
+Tiny settings throughout (a synthetic 28x28 '2'/'8'/'1' IDX set written to tmp_path). The real MNIST test reads the
+shipped tests/data/mnist_sample (the first 500 t10k records) and, when present, the shared MNIST files (conftest).
 """
 import gzip
 import json
@@ -24,7 +24,6 @@ from toy.shapes import (REGION_BG, REGION_D, REGION_ND, gradient_maps, hgr, logi
                              make_toy_set, normalise_gradients, paint_shape, region_mean, shape_stamp)
 from toy.net import ToyCNN  # noqa: E402
 
-SHARED_MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -245,23 +244,30 @@ def test_t10k_split_deterministic():
         t10k_split(10, 1)
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_MNIST, "t10k-images-idx3-ubyte.gz")),
-                    reason="real MNIST files not found in <repo>/../shared/data/mnist")
-def test_real_mnist_files():
-    tr_img, tr_lbl, te_img, te_lbl, info = load_mnist(SHARED_MNIST, t10k_test_every=5)
-    assert tr_img.dtype == np.uint8 and tr_img.shape[1:] == (28, 28)
+def test_real_mnist_files(mnist_data):
+    tr_img, tr_lbl, te_img, te_lbl, info = load_mnist(mnist_data.root, t10k_test_every=5)
+    assert tr_img.dtype == np.uint8 and tr_img.shape[1:] == (28, 28) and len(tr_lbl) == len(tr_img)
     if info["split"] == "t10k_only":
-        assert tr_img.shape == (8000, 28, 28) and te_img.shape == (2000, 28, 28)
-        assert "t10k split" in info["note"]
+        n = len(tr_img) + len(te_img)
+        assert len(te_img) == n // 5 and "t10k split" in info["note"]
+        t10k = np.empty(n, np.uint8)
+        t10k[np.arange(n) % 5 != 0], t10k[::5] = tr_lbl, te_lbl  # undo t10k_split: index % 5 == 0 is test
     else:
-        assert tr_img.shape == (60000, 28, 28) and te_img.shape == (10000, 28, 28)
-    assert set(np.unique(te_lbl)) == set(range(10)) and len(tr_lbl) == len(tr_img)
-    # the standard t10k counts of the two toy digits
-    all_labels = np.concatenate([tr_lbl, te_lbl]) if info["split"] == "t10k_only" else te_lbl
-    assert (all_labels == 2).sum() == 1032 and (all_labels == 8).sum() == 974
-    train_labels = os.path.join(SHARED_MNIST, "train-labels-idx1-ubyte.gz")
-    if os.path.isfile(train_labels):
-        assert read_idx(train_labels, LABELS_MAGIC).shape == (60000,)
+        assert tr_img.shape == (60000, 28, 28)
+        t10k = te_lbl
+    # the first ten t10k labels, as every MNIST tutorial prints them
+    assert t10k[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    if mnist_data.name == "sample":
+        assert len(t10k) == 500 and np.bincount(t10k).tolist() == [42, 67, 55, 45, 55, 50, 43, 49, 40, 54]
+    else:  # the full t10k file: its standard counts of the two toy digits; the sample is its first 500 records
+        assert len(t10k) == 10000 and (t10k == 2).sum() == 1032 and (t10k == 8).sum() == 974
+        sample = os.path.join(REPO_ROOT, "tests", "data", "mnist_sample")
+        full = read_idx(os.path.join(mnist_data.root, "t10k-images-idx3-ubyte.gz"), IMAGES_MAGIC)
+        assert np.array_equal(read_idx(os.path.join(sample, "t10k-images-idx3-ubyte.gz"), IMAGES_MAGIC), full[:500])
+        assert np.array_equal(read_idx(os.path.join(sample, "t10k-labels-idx1-ubyte.gz"), LABELS_MAGIC), t10k[:500])
+        train_labels = os.path.join(mnist_data.root, "train-labels-idx1-ubyte.gz")
+        if os.path.isfile(train_labels):
+            assert read_idx(train_labels, LABELS_MAGIC).shape == (60000,)
 
 
 # ----------------------------------------------------------------------------------------------- the CLI
@@ -277,7 +283,10 @@ def test_end_to_end_and_determinism(fake_mnist, tmp_path):
         assert key in res_a
     for key in ("RD", "RND", "RBG"):
         assert len(res_a["hgr_layers"][key]) == 6 and len(res_a["hgr_rib"][key]) == 3
-        assert all(0.0 <= v <= 1.0 for v in res_a["hgr_layers"][key] + res_a["hgr_rib"][key])
+        # two code paths to one number: k = 0 of the RIB analysis is G6 of theta_0, taken image by image
+        # (logit_gradient_map); the layer analysis takes G6 for the whole batch at once (gradient_maps)
+        assert res_a["hgr_rib"][key][0] == pytest.approx(res_a["hgr_layers"][key][5], abs=1e-12), key
+        assert res_a["mean_grad_rib"][key][0] == pytest.approx(res_a["mean_grad_layers"][key][5], rel=1e-5), key
     assert res_a["rib_k"] == [0, 1, 2] and len(res_a["rib_target_logit"]) == 4
     assert res_a["settings"]["split_info"]["split"] == "t10k_only"
     assert set(res_a["rib_lr_sweep"]) == {"3e-05", "0.0001"}

@@ -1,10 +1,15 @@
-"""VOC12 data code on the real files of ../shared/data/voc12_subset, and its bad-input errors."""
+"""VOC12 data code on real VOC files (the shipped tests/data/voc12_sample; the tests taking `voc_data` also run on
+the shared subset when present), and its bad-input errors."""
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import train_subset_ids, write_list
+from conftest import SAMPLE_VOC, read_ids, train_subset_ids, write_list
 from misc.fileio import DataError, load_image_rgb
 from misc import datasets
 from misc.imutils import classification_augment
@@ -24,11 +29,52 @@ def test_shipped_lists_and_labels():
                                                              voc.CLASS_NAMES.index("person")]
 
 
-def test_labels_match_real_masks(voc_root):
-    spec = voc.make_spec(voc_root)
-    for img_id in train_subset_ids(15):
-        from_mask = labels_from_mask(f"{voc_root}/SegmentationClassAug/{img_id}.png")
+def test_labels_match_real_masks(voc_data):
+    """Every image + mask pair: the mask's classes are the image-level labels, the sizes agree, the values are
+    0..20 or 255; every images-only id has labels and a decodable image but no mask."""
+    spec = voc.make_spec(voc_data.root)
+    for img_id in voc_data.train_ids:
+        from_mask = labels_from_mask(f"{voc_data.root}/SegmentationClassAug/{img_id}.png")
         np.testing.assert_array_equal(from_mask, spec.label(img_id), err_msg=img_id)
+        gt = spec.load_gt(img_id)
+        assert gt.shape == load_image_rgb(spec.image_path(img_id)).shape[:2], img_id
+        assert set(np.unique(gt).tolist()) <= set(range(21)) | {255}, img_id
+    images_only = sorted(set(voc_data.train_aug_ids) - set(voc_data.train_ids))
+    assert set(voc_data.train_ids) <= set(voc_data.train_aug_ids) and images_only
+    for img_id in images_only[:: max(1, len(images_only) // 20)]:  # every one in the sample, 20 of the shared
+        assert spec.label(img_id).sum() >= 1 and load_image_rgb(spec.image_path(img_id)).ndim == 3
+        with pytest.raises(DataError, match=f"no ground-truth mask for {img_id}"):
+            spec.load_gt(img_id)
+
+
+def manifest(root):
+    """{file: row} of a data folder's MANIFEST.tsv."""
+    lines = (Path(root) / "MANIFEST.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    return {row[0]: dict(zip(header, row)) for row in (line.split("\t") for line in lines[1:])}
+
+
+def git_blob_sha1(path):
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # what `git hash-object` prints
+
+
+def test_files_are_the_manifest_files(voc_data):
+    """The files are exactly the lists' files, each with the git blob SHA-1 its MANIFEST records."""
+    rows = manifest(voc_data.root)
+    expected = {f"JPEGImages/{i}.jpg" for i in voc_data.train_aug_ids} | \
+               {f"SegmentationClassAug/{i}.png" for i in voc_data.train_ids}
+    assert set(rows) == expected
+    for sub in ("JPEGImages", "SegmentationClassAug"):
+        assert {f"{sub}/{f}" for f in os.listdir(Path(voc_data.root) / sub)} == {f for f in expected if
+                                                                                f.startswith(sub + "/")}
+    check = sorted(rows) if voc_data.name == "sample" else sorted(rows)[::50]  # 41 of the shared 2,014
+    for name in check:
+        assert git_blob_sha1(Path(voc_data.root) / name) == rows[name]["git_blob_sha1"], name
+    if voc_data.name == "shared":  # the shipped sample: the first 15 pairs of the shared subset, same bytes
+        assert read_ids(SAMPLE_VOC, "train_subset.txt") == voc_data.train_ids[:15]
+        sample = manifest(SAMPLE_VOC)
+        assert all(rows[name] == row for name, row in sample.items())
 
 
 def test_gt_falls_back_to_segmentation_class_aug(voc_root):
