@@ -30,6 +30,25 @@ def check_cam_files(cam_dir, ids, source, flag="--ir_cam_source"):
                         f"(--only {step}) on these ids first, or choose the other {flag}")
 
 
+def read_cam_records(cam_dir, ids, made_by, ahead=2):
+    """(id, record) of each id in order, read `ahead` records in advance on a thread: decoding a compact record
+    (misc/cam_format.py: zlib, PyTorch's resize, a checksum; all release the GIL) overlaps the caller's work on
+    the previous one. Memory stays bounded by `ahead` records."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from misc.fileio import load_cam_npz
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque()
+        for img_id in ids:
+            pending.append((img_id, pool.submit(load_cam_npz, os.path.join(cam_dir, img_id + ".npz"), made_by)))
+            if len(pending) > ahead:
+                done_id, future = pending.popleft()
+                yield done_id, future.result()
+        while pending:
+            done_id, future = pending.popleft()
+            yield done_id, future.result()
+
+
 def check_cam_record(record, img_id, num_classes, image_size, cam_dir):
     """Class indices within the dataset and maps of the image's size, else a DataError naming the id."""
     keys = record["keys"]

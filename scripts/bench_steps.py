@@ -249,6 +249,7 @@ def main():
     p.add_argument("--scales", default="1.0,0.5,1.5,2.0")
     p.add_argument("--threads", type=int, default=1)
     opt = p.parse_args()
+    import conftest  # noqa: F401  (it sets 2 threads on import: set ours after it)
     torch.set_num_threads(opt.threads)
     work = tempfile.mkdtemp(prefix="bench_steps_")
     try:

@@ -42,6 +42,8 @@ details summary{cursor:pointer}pre{white-space:pre-wrap;font-size:12px;margin:4p
 .gallery td{padding:4px}.gallery img{height:110px;display:block;border-radius:3px}.up{color:#0a7d32}
 .down{color:#b42318}.iou{font-size:12px}.legend span{display:inline-block;margin-right:14px}
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
+.two{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:0 16px}.two section{margin:16px 0 0}
+td.iou{min-width:190px}svg{max-width:100%;height:auto}
 """
 COLORS = {"CAM": "#5b8def", "RIB": "#e4572e", "pseudo mask": "#2a9d8f", "DeepLab": "#7a4eb8", "paper": "#9aa3b2"}
 # the paper's DeepLab per-class IoU of RIB: Table A2 (VOC val) and A3 (COCO val), scripts/paper_numbers.csv
@@ -136,7 +138,7 @@ def line_chart(series, xlabel, ylabel, width=560, height=260):
     L, R, T, B = 58, 12, 10, 36
     sx = lambda x: L + (x - x0) / (x1 - x0) * (width - L - R)  # noqa: E731
     sy = lambda y: T + (y1 - y) / (y1 - y0) * (height - T - B)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
     for i in range(5):
         y = y0 + (y1 - y0) * i / 4
         parts.append(f'<line x1="{L}" x2="{width - R}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eceef2"/>'
@@ -154,7 +156,8 @@ def line_chart(series, xlabel, ylabel, width=560, height=260):
         s = [p for p in s if p[1] is not None]
         color = COLORS.get(name, "#333")
         d = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(s))
-        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        dash = ' stroke-dasharray="6 4"' if name == "RIB" else ""  # visible where it lies on the CAM curve
+        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
         bx, by = max(s, key=lambda p: p[1])
         parts.append(f'<circle cx="{sx(bx):.1f}" cy="{sy(by):.1f}" r="4" fill="{color}"><title>{esc(name)}: '
                      f'{by:.2f} at {bx:.2f}</title></circle>')
@@ -162,7 +165,7 @@ def line_chart(series, xlabel, ylabel, width=560, height=260):
     return "".join(parts)
 
 
-def bar_chart(classes, series, width=760):
+def bar_chart(classes, series, width=600):
     """Grouped horizontal bars: classes x series {name: {class: iou}} -> SVG."""
     names = [n for n in series if series[n]]
     if not names or not classes:
@@ -171,7 +174,7 @@ def bar_chart(classes, series, width=760):
     row = bar * len(names) + gap
     height = row * len(classes) + 28
     scale = (width - label_w - 50) / 100.0
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
     for v in range(0, 101, 20):
         x = label_w + v * scale
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 20}" stroke="#eceef2"/>'
@@ -321,15 +324,16 @@ def steps_html(runs, settings):
                         f"<td><details><summary>{esc(s[:90])}{'…' if len(s) > 90 else ''}</summary><pre>"
                         f"{esc(json.dumps(rec.get('settings', {}), indent=1, sort_keys=True))}</pre></details></td>"
                         f"</tr>")
-        parts.append("<h3>Settings records</h3><table><tr><th>step</th><th>record</th><th>settings</th></tr>"
-                     + "".join(rows) + "</table>")
+        parts.append(f"<details><summary><b>Settings records</b> ({len(rows)}: what each output was made with)"
+                     f"</summary><table><tr><th>step</th><th>record</th><th>settings</th></tr>" + "".join(rows) +
+                     "</table></details>")
     return "".join(parts)
 
 
 def evals_html(evals):
     if not evals:
         return '<p class="note">No evaluation has run yet (result/eval_*.json).</p>'
-    head = ["mIoU", "threshold", "precision", "recall", "F1", "images", "CRF mIoU"]
+    head = ["mIoU", "thr.", "prec.", "recall", "F1", "images", "CRF"]
     rows = []
     for name, e in evals.items():
         crf = e.get("crf")
@@ -453,10 +457,10 @@ def build(opt):
     runs, settings, evals = read_runs(work_dir), read_settings(work_dir), read_evals(work_dir)
     flags = run_flags(settings) or {}
     dataset = flags.get("dataset") or next((e.get("dataset") for e in evals.values() if e.get("dataset")), "?")
-    body = [section("Steps", steps_html(runs, settings), "steps"),
-            section("Evaluations", evals_html(evals), "evals"),
-            section("Seed threshold sweep", sweep_html(evals), "sweep"),
-            section("Per-class IoU", classes_html(evals, dataset), "classes"),
+    body = ['<div class="two">' + section("Evaluations", evals_html(evals), "evals") +
+            section("Steps", steps_html(runs, settings), "steps") + "</div>",
+            '<div class="two">' + section("Seed threshold sweep", sweep_html(evals), "sweep") +
+            section("Per-class IoU", classes_html(evals, dataset), "classes") + "</div>",
             section("Where RIB helps and hurts", gallery_html(work_dir, evals, settings, out_dir, opt), "gallery"),
             section("Training curves", tb_html(work_dir), "tb")]
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>RIB run report: '
