@@ -332,7 +332,7 @@ def plot_fig3(measurements, out_dir, num_images=3):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from misc.fileio import load_npz
+    from misc.fileio import load_cam_npz
     folders = sorted(r["dir"] for r in curves[0].value)
     ids = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(folders[0], "*.npz")))[:num_images]
     if not ids:
@@ -340,7 +340,7 @@ def plot_fig3(measurements, out_dir, num_images=3):
     fig, axes = plt.subplots(len(ids), len(folders), figsize=(1.6 * len(folders), 1.6 * len(ids)), squeeze=False)
     for i, img_id in enumerate(ids):
         for j, folder in enumerate(folders):
-            rec = load_npz(os.path.join(folder, img_id + ".npz"))
+            rec = load_cam_npz(os.path.join(folder, img_id + ".npz"))
             cam = rec["high_res"].max(axis=0) if len(rec["keys"]) else np.zeros(rec["high_res"].shape[1:])
             axes[i, j].imshow(cam, cmap="jet", vmin=0, vmax=1)
             axes[i, j].axis("off")
