@@ -418,14 +418,72 @@ def enabled_steps(args):
         explicit_off = [n for n in args.only if getattr(args, f"{n}_pass") is False]
         if explicit_off:
             raise SystemExit(f"error: --only names {explicit_off[0]} but --{explicit_off[0]}_pass is false")
-        return [(n, m) for n, m, _ in STEPS if n in args.only]
-    out = []
-    for name, module, default in STEPS:
-        flag = getattr(args, f"{name}_pass")
-        on = flag if flag is not None else (default(args) if callable(default) else default)
-        if on:
-            out.append((name, module))
+        out = [(n, m) for n, m, _ in STEPS if n in args.only]
+    else:
+        out = []
+        for name, module, default in STEPS:
+            flag = getattr(args, f"{name}_pass")
+            on = flag if flag is not None else (default(args) if callable(default) else default)
+            if on:
+                out.append((name, module))
+    idle = [n for n in args.overwrite if n not in {name for name, _ in out}]
+    if idle:  # an overwrite that would silently do nothing
+        chosen = f"--only {','.join(args.only)}" if args.only else "the steps this command runs"
+        raise SystemExit(f"error: --overwrite {idle[0]} names a step that is not among {chosen}; add it to --only "
+                         f"(or drop it from --overwrite)")
     return out
+
+
+LIST_FLAGS = ("train_list", "infer_list", "eval_list", "seg_train_list", "seg_infer_list", "seg_eval_list")
+
+
+def check_given_lists(args):
+    """The id lists given on the command line are read now (missing, binary, empty, duplicate ids), not when the
+    step that reads one comes, minutes or hours later."""
+    from misc.datasets import load_id_list
+    given = {a.lstrip("-").split("=")[0] for a in getattr(args, "_argv", ()) if a.startswith("--")}
+    for flag in LIST_FLAGS:
+        if flag in given:
+            load_id_list(getattr(args, flag), f"--{flag}")
+
+
+# (flag, checkpoint whose settings record holds the value, key in its settings): a later command that does not
+# give the flag takes the backbone weights the first one trained with, instead of the default 'imagenet' (which
+# downloads, and fails offline). --backbone_weights serves train_irn and train_aff too (PSA's ResNet-50).
+RECORDED_WEIGHTS = (("backbone_weights", "cam_weights_path", "backbone_weights"),
+                    ("seg_backbone_weights", "deeplab_weights_path", "init"))
+
+
+def take_recorded_weights(args):
+    from misc import provenance
+    given = {a.lstrip("-").split("=")[0] for a in getattr(args, "_argv", ()) if a.startswith("--")}
+    for flag, path_attr, key in RECORDED_WEIGHTS:
+        if flag in given or getattr(args, flag) != "imagenet":
+            continue
+        record = provenance.read_record(getattr(args, path_attr), "file")
+        value = (record or {}).get("settings", {}).get(key)
+        if value and value not in ("imagenet", "round1"):
+            setattr(args, flag, value)
+            logging.getLogger("run_sample").info("--%s %s (from the record of %s; give the flag to change it)",
+                                                 flag, value, getattr(args, path_attr))
+
+
+TRAINING_STEPS = ("train_cam", "train_irn", "train_aff", "train_deeplab", "retrain_deeplab")
+
+
+def multi_gpu_note(args, step_names, gpu_count=None):
+    """What a plain `python run_sample.py` does on a multi-GPU machine (not launched by torchrun): the per-image
+    steps start one worker per visible GPU, the training steps train in one process on one GPU."""
+    import torch
+    if not str(args.device).startswith("cuda") or ":" in str(args.device) or "WORLD_SIZE" in os.environ:
+        return None
+    gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
+    training = [n for n in step_names if n in TRAINING_STEPS]
+    if gpu_count < 2 or not training:
+        return None
+    return (f"{gpu_count} GPUs and no torchrun: the per-image steps use one worker per GPU, but {', '.join(training)} "
+            f"train(s) in one process on one GPU; `torchrun --standalone --nproc_per_node {gpu_count} run_sample.py "
+            f"...` trains with DDP on all of them")
 
 
 def import_step(name, module_name, requested):
@@ -453,6 +511,11 @@ def run_steps(args):
     steps = enabled_steps(args)
     if not steps:
         log.warning("no step enabled")
+    check_given_lists(args)
+    take_recorded_weights(args)
+    note = multi_gpu_note(args, [name for name, _ in steps])
+    if note:
+        log.warning("%s", note)
     total = time.perf_counter()
     rank, _ = dist.torchrun_rank_world()
     for name, module_name in steps:
@@ -495,16 +558,27 @@ def demo_args(args):
     """The demo run: synthetic data under <work_dir>/demo_data (made once), the demo's settings where the command
     line did not give a value, every step of the pipeline."""
     from voc12 import synthetic
-    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    given = demo_given(args, ("voc12_root", "coco_root", "cls_labels"))
     if "work_dir" not in given:
         args.work_dir = "demo_work"
     data = synthetic.make_dataset(os.path.join(args.work_dir, "demo_data"))
     args.dataset = "voc12"
     args.voc12_root = data["root"]
-    args.train_list, args.infer_list, args.eval_list = data["train"], data["eval"], data["eval"]
-    args.seg_train_list = args.seg_infer_list = args.seg_eval_list = data["eval"]  # the ids with pseudo masks
+    lists = {"train_list": data["train"], "infer_list": data["eval"], "eval_list": data["eval"],
+             # the ids with pseudo masks
+             "seg_train_list": data["eval"], "seg_infer_list": data["eval"], "seg_eval_list": data["eval"]}
     args.cls_labels = data["labels"]
-    return demo_defaults(args, DEMO_FLAGS, given)
+    return demo_defaults(args, {**DEMO_FLAGS, **lists}, given)
+
+
+def demo_given(args, refused):
+    """The flags the command line gave (they win over the demo's values); the demo's own data flags are refused."""
+    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    clash = [name for name in refused if name in given]
+    if clash:
+        raise SystemExit(f"error: --demo writes and uses its own dataset, so --{clash[0]} cannot apply; drop it, or "
+                         f"run without --demo (the demo's data is under <work_dir>/demo_data)")
+    return given
 
 
 def demo_defaults(args, flags, given):
@@ -529,15 +603,16 @@ def coco_demo_args(args):
     """The COCO demo run: raw COCO-format data under <work_dir>/demo_data, made ready by coco14/prepare.py (both
     once), the demo's settings where the command line did not give a value, every step at 80 classes."""
     from coco14 import prepare, synthetic
-    given = {a.lstrip("-").split("=")[0] for a in args._argv if a.startswith("--")}
+    given = demo_given(args, ("voc12_root", "coco_root", "cls_labels"))
     if "work_dir" not in given:
         args.work_dir = "demo_work_coco14"
     data = synthetic.make_dataset(os.path.join(args.work_dir, "demo_data"))
     print(prepare.describe(prepare.prepare(data["root"], workers=max(1, args.num_workers))))
     args.dataset, args.coco_root = "coco14", data["root"]
-    args.infer_list = args.eval_list = data["subset"]  # train_list and labels: ROOT's, by finalize_args
-    args.seg_train_list = data["subset"]  # the ids with pseudo masks; DeepLab is scored on ROOT's val14.txt
-    return demo_defaults(args, COCO_DEMO_FLAGS, given)
+    # train_list, seg_infer_list and seg_eval_list: ROOT's train14.txt / val14.txt, by finalize_args (unless given)
+    lists = {"infer_list": data["subset"], "eval_list": data["subset"],
+             "seg_train_list": data["subset"]}  # the ids with pseudo masks
+    return demo_defaults(args, {**COCO_DEMO_FLAGS, **lists}, given)
 
 
 def main(argv=None):
@@ -552,12 +627,12 @@ def main(argv=None):
     try:
         runlog.check_tensorboard(args)
         run_steps(args)
-    except DataError as e:
-        log.error("%s", e)
+    except DataError as e:  # printed once, on the console by SystemExit; the log file gets it too
+        runlog.log_to_file(log, f"error: {e}")
         raise SystemExit(f"error: {e}")
     except KeyboardInterrupt:
-        log.error("interrupted; finished outputs are kept and a rerun resumes")
-        raise SystemExit("error: interrupted")
+        runlog.log_to_file(log, "error: interrupted; finished outputs are kept and a rerun resumes")
+        raise SystemExit("error: interrupted; finished outputs are kept and a rerun resumes")
     except Exception as e:  # one line on the console, the traceback in run.log
         log.debug("traceback", exc_info=True)
         runlog.log_traceback_to_file(log)

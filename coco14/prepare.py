@@ -83,6 +83,9 @@ def categories_of(data):
 def check_categories(per_split):
     """The categories shared by every JSON, in ascending id order; different sets are an error."""
     (first_path, first), *rest = per_split
+    if not first:
+        raise DataError(f"{first_path} has an empty 'categories' list: a model needs at least one class; use "
+                        f"COCO's instances_<split>2014.json")
     for path, cats in rest:
         if cats != first:
             raise DataError(f"{path} and {first_path} list different categories; both must come from the same "
@@ -287,6 +290,34 @@ def file_digest(path, chunk=1 << 24):
 # --- the command ---------------------------------------------------------------------------------------------
 
 
+def check_split(root, split, data, path, class_of):
+    """(annotations by image, 12-digit ids, image paths) of one parsed split, or a DataError naming the fault."""
+    by_image = annotations_by_image(data, path, class_of)
+    ids = [f"{int(img['id']):012d}" for img in data["images"]]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path} lists an image id twice; the file is damaged")
+    paths = [image_file(root, split, img) for img in data["images"]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of {path} have no file, e.g. {missing[0]}; unpack "
+                        f"{split}2014.zip under --coco_root (or fix the JSON)")
+    return by_image, ids, paths
+
+
+def check_inputs(root, splits):
+    """Every JSON parsed and checked (instances, categories, ids, image files) before anything is written: a bad
+    val JSON must not be found after the train masks are made. One JSON in memory at a time (train2014's parse,
+    about 9 s, is then done twice)."""
+    first = None
+    for split in splits:
+        path = annotation_path(root, split)
+        data = load_instances(path)
+        categories = categories_of(data)
+        first = (path, check_categories([(path, categories)] if first is None else [first, (path, categories)]))
+        check_split(root, split, data, path, {cid: n for n, (cid, _) in enumerate(categories)})
+        del data
+
+
 def prepare(root, crowd="background", overlap="last", splits=SPLITS, workers=None, overwrite=False, progress=True):
     """Labels, lists and masks of `splits` under root (see the module docstring). Returns a summary dict with
     per-split image counts, images without annotations, crowd-only images and masks written.
@@ -302,6 +333,7 @@ def prepare(root, crowd="background", overlap="last", splits=SPLITS, workers=Non
         if not os.path.isfile(annotation_path(root, split)):
             load_instances(annotation_path(root, split))
         check_image_folder(root, split)
+    check_inputs(root, splits)
     workers = max(1, (os.cpu_count() or 2) if workers is None else workers)
     mask_dir = os.path.join(root, MASK_DIR_NAME)
     summary = {"root": root, "crowd": crowd, "overlap": overlap, "splits": {}, "masks_written": 0}
@@ -322,15 +354,7 @@ def prepare(root, crowd="background", overlap="last", splits=SPLITS, workers=Non
             provenance.prepare(record_args, "prepare", mask_dir, settings)
         else:
             check_categories([first, (path, categories)])
-        by_image = annotations_by_image(data, path, class_of)
-        ids = [f"{int(img['id']):012d}" for img in data["images"]]
-        if len(set(ids)) != len(ids):
-            raise DataError(f"{path} lists an image id twice; the file is damaged")
-        paths = [image_file(root, split, img) for img in data["images"]]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) of {path} have no file, e.g. {missing[0]}; unpack "
-                            f"{split}2014.zip under --coco_root (or fix the JSON)")
+        by_image, ids, paths = check_split(root, split, data, path, class_of)
         tasks = []
         for img, img_id, image_path in zip(data["images"], ids, paths):
             out = os.path.join(mask_dir, img_id + ".png")

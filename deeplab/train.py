@@ -44,7 +44,7 @@ def resume_path(weights_path):
 def training_settings(args, spec, init):
     """The values that decide a DeepLab checkpoint (compared on every rerun and on resume)."""
     return {"classes": list(spec.class_names), "arch": args.seg_arch, "init": init,
-            "train_list": provenance.file_digest(args.seg_train_list), "iterations": args.seg_num_iters,
+            "train_list": provenance.file_digest(args.seg_train_list, "--seg_train_list"), "iterations": args.seg_num_iters,
             "batch_size": args.seg_batch_size, "iter_size": args.seg_iter_size,
             "learning_rate": args.seg_learning_rate, "momentum": args.seg_momentum,
             "weight_decay": args.seg_weight_decay, "poly_power": args.seg_poly_power, "lr_step": args.seg_lr_step,

@@ -1,4 +1,5 @@
 """Turning per-scale class maps into the saved CAM record (shared by make_cam and the RIB step)."""
+import contextlib
 import os
 
 import numpy as np
@@ -65,11 +66,10 @@ def multiscale_cam_maps(model, pyramid, device, channels_last=False, amp_context
     maps = []
     for pair in pyramid:
         x = to_device(pair, device, channels_last)
-        if amp_context is not None:
-            with amp_context():
-                maps.append(flip_merged_cam(model.class_maps(x)).float())
-        else:
-            maps.append(flip_merged_cam(model.class_maps(x)).float())
+        with amp_context() if amp_context is not None else contextlib.nullcontext():
+            raw = model.class_maps(x)
+        # flip-merged in fp32 (as RIB's CAMs): under bf16 autocast the image + flip sum would round to bf16
+        maps.append(flip_merged_cam(raw.float()))
     return maps
 
 

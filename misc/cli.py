@@ -146,6 +146,9 @@ def name_list(choices):
     """Comma-separated names, each one of `choices` (e.g. the steps of --only)."""
     def parse(v):
         names = tuple(n.strip() for n in str(v).split(",") if n.strip())
+        if not names:  # an empty value must not mean "no restriction" (--only "" would run every step)
+            raise argparse.ArgumentTypeError(f"needs at least one name, e.g. {','.join(choices[:2])}; choose from "
+                                             f"{', '.join(choices)}")
         unknown = [n for n in names if n not in choices]
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown name(s) {', '.join(unknown)}; choose from "

@@ -27,12 +27,19 @@ def cpu_flags():
     return set()
 
 
-def pinned_env():
+FAMILIES = ("avx512", "avx2")
+
+
+def pinned_env(family=None):
+    """The environment that pins the kernels: `family` avx512 or avx2 (default: REPRO_CPU_KERNELS when it names
+    one, else AVX-512 where the CPU has it, AVX2 otherwise). scripts/bench_demo_kernels.py runs the demo under both."""
     env = {"OMP_NUM_THREADS": "2"}  # reductions are split by thread count
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return env
-    flags = cpu_flags()
-    if all(f in flags for f in AVX512_CORE_FLAGS):
+    family = family or os.environ.get("REPRO_CPU_KERNELS")
+    if family not in FAMILIES:
+        family = "avx512" if all(f in cpu_flags() for f in AVX512_CORE_FLAGS) else "avx2"
+    if family == "avx512":
         env.update(ONEDNN_MAX_CPU_ISA="AVX512_CORE",  # oneDNN (convolutions): no AMX / VNNI-bf16 kernels
                    ATEN_CPU_CAPABILITY="avx512",      # ATen's own vectorised kernels
                    MKL_CBWR="AVX512")                 # MKL's conditional numerical reproducibility
@@ -47,8 +54,8 @@ def pinned(env=None):
 
 
 def reexec_pinned(argv=None):
-    """Re-execute this Python command with pinned_env() unless it already runs with it (or REPRO_CPU_KERNELS=native
-    asks for the machine's own kernels)."""
+    """Re-execute this Python command with pinned_env() unless it already runs with it (REPRO_CPU_KERNELS=native
+    asks for the machine's own kernels, =avx2 or =avx512 for that family)."""
     env = pinned_env()
     if pinned(env) or os.environ.get("REPRO_CPU_KERNELS") == "native":
         return

@@ -48,11 +48,30 @@ def use_root_files(args):
 
 
 def load_id_list(path, flag="--infer_list"):
-    """One id per line (blank lines and surrounding spaces ignored) -> list of str."""
+    """One id per line (blank lines, surrounding spaces and CRLF line ends ignored; a second column, as in VOC's
+    ImageSets, too) -> list of str. An id listed twice is an error: every loop would do it twice and every
+    evaluation would count it twice."""
     if not os.path.isfile(path):
         raise DataError(f"{flag} {path}: no such list file")
-    with open(path) as f:
-        ids = [line.split()[0] for line in f if line.strip()]
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{flag} {path} is not a text list (binary byte at offset {e.start}): give a text file "
+                        f"with one image id per line") from None
+    ids, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        img_id = line.split()[0]
+        if img_id in first_line:
+            raise DataError(f"{flag} {path} lists image {img_id} twice (lines {first_line[img_id]} and {number}): "
+                            f"give each id once (remove line {number})")
+        first_line[img_id] = number
+        ids.append(img_id)
     if not ids:
         raise DataError(f"{flag} {path} is empty: give a list with one image id per line")
     return ids

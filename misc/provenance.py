@@ -48,10 +48,11 @@ def read_record(output, kind="dir"):
                         f"--overwrite") from e
 
 
-def file_digest(path):
-    """Short content hash of a list file (a list given by another path but with the same ids is the same)."""
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()[:12]
+def file_digest(path, flag="--train_list"):
+    """Short hash of the ids of a list file: a list given by another path, or with CRLF line ends or blank lines,
+    but with the same ids in the same order is the same list."""
+    from misc.datasets import load_id_list
+    return hashlib.sha1("\n".join(load_id_list(path, flag)).encode()).hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,10 +128,13 @@ def prepare(args, step, output, settings, inputs=(), kind="dir", extra_outputs=(
     """
     rank, world = _rank()
     settings = jsonable(settings)
-    input_ids = {}
+    input_ids, input_made, input_paths = {}, {}, {}
     for name, path, input_kind in inputs:
         record = read_record(path, input_kind)
         input_ids[name] = record["id"] if record else None
+        input_paths[name] = path
+        if record:  # for reading only: what changed when an input was remade (not compared)
+            input_made[name] = {"date": (record.get("run") or {}).get("date"), "settings": record.get("settings")}
     if step in (getattr(args, "overwrite", None) or ()):
         if rank == 0 and not getattr(args, "_overwritten", {}).get(step):
             for path, path_kind in ((output, kind), *extra_outputs):
@@ -146,10 +150,13 @@ def prepare(args, step, output, settings, inputs=(), kind="dir", extra_outputs=(
         existing = None  # nothing was made under the old settings: nothing to protect
     if existing is not None:
         diff = differences(existing.get("settings", {}), settings)
-        diff += differences(existing.get("inputs", {}), input_ids, prefix="input ")
-        if diff:
-            shown = "; ".join(f"{name} {_short(a)} (now {_short(b)})" for name, a, b in diff[:6])
+        changed_inputs = differences(existing.get("inputs", {}), input_ids)
+        if diff or changed_inputs:
+            shown = [f"{name} {_short(a)} (now {_short(b)})" for name, a, b in diff[:6]]
+            shown += [input_change(name, input_paths.get(name), (existing.get("inputs_made") or {}).get(name),
+                                   input_made.get(name)) for name, _, _ in changed_inputs]
             more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+            shown = "; ".join(shown)
             raise DataError(f"{output} was made with other settings: {shown}{more}. Use another --work_dir to "
                             f"keep both, or add --overwrite {step} to replace it")
         record = existing
@@ -158,7 +165,8 @@ def prepare(args, step, output, settings, inputs=(), kind="dir", extra_outputs=(
             log.warning("%s: %s holds outputs without a settings record (an older version of this code?); "
                         "keeping them and recording the current settings (--overwrite %s to remake them)",
                         step, output, step)
-        record = {"step": step, "id": uuid.uuid4().hex[:16], "settings": settings, "inputs": input_ids}
+        record = {"step": step, "id": uuid.uuid4().hex[:16], "settings": settings, "inputs": input_ids,
+                  "inputs_made": input_made}
     record["run"] = run_info(args)
     if rank == 0:
         if kind == "dir":
@@ -170,6 +178,21 @@ def prepare(args, step, output, settings, inputs=(), kind="dir", extra_outputs=(
         save_json(record_path(output, kind), record)
     _barrier(args, world)
     return record
+
+
+def input_change(name, path, then, now):
+    """Readable words for an input whose record id changed: which file, when each was made, which of its
+    settings differ (records of older versions lack `inputs_made`: then only the new date is known)."""
+    where = f"input {name} ({path})" if path else f"input {name}"
+    if now is None:
+        return f"{where} has no settings record now"
+    text = f"{where} was remade on {now.get('date') or 'an unknown date'}"
+    if then:
+        text += f" (these outputs come from the one of {then.get('date') or 'an unknown date'}"
+        diff = differences(then.get("settings") or {}, now.get("settings") or {})
+        text += (", other settings: " + ", ".join(f"{k} {_short(a)} (now {_short(b)})" for k, a, b in diff[:4])
+                 if diff else ", same settings") + ")"
+    return text
 
 
 def _short(value):

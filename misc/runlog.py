@@ -42,14 +42,17 @@ def step_timer(name):
     log.info("step %s: done in %.1f s", name, time.perf_counter() - start)
 
 
+def log_to_file(logger, text, level=logging.ERROR):
+    """Write `text` to the run log only: the console gets the error once, from the `error:` line of SystemExit."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logger.makeRecord(logger.name, level, __file__, 0, "%s", (text,), None))
+
+
 def log_traceback_to_file(logger):
     """Write the exception being handled, with its traceback, to the run log only (the console gets one line)."""
     import traceback
-    text = traceback.format_exc()
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (text.rstrip(),), None)
-            handler.handle(record)
+    log_to_file(logger, traceback.format_exc().rstrip())
 
 
 class Scalars:

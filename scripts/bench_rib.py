@@ -53,7 +53,7 @@ def bench_parser():
                    help="modes timed in this run, in order (fast, late, reference); see above")
     p.add_argument("--bench_mode", default=None, choices=("fast", "late", "reference"),
                    help="internal: run one mode in this process")
-    p.add_argument("--bench_help", action="store_true", help="show this help")
+    p.add_argument("--bench_help", action="store_true", help="show only the bench's flags (--help: all flags)")
     return p
 
 
@@ -270,6 +270,11 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--bench_help" in argv:
         bench_parser().print_help()
+        return None
+    if "--help" in argv or "-h" in argv:  # the bench's own flags, then every run_sample flag it accepts
+        print(bench_parser().format_help())
+        print("every flag of run_sample.py is accepted too:\n")
+        print(run_sample.get_args_parser().format_help().split("\n\n", 1)[-1])
         return None
     bench, args = prepare_args(argv)
     os.makedirs(args.bench_dir, exist_ok=True)

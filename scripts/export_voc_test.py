@@ -50,8 +50,15 @@ def load_prediction(pred_dir, img_id, voc12_root=None):
         raise DataError(f"{path} has value {pred.max()}; the server takes class indices 0..{NUM_CLASSES} (a "
                         f"colour PNG or another dataset's prediction?)")
     if voc12_root:
-        with Image.open(os.path.join(voc12_root, "JPEGImages", img_id + ".jpg")) as img:
-            size = img.size[::-1]
+        jpeg = os.path.join(voc12_root, "JPEGImages", img_id + ".jpg")
+        try:
+            with Image.open(jpeg) as img:
+                size = img.size[::-1]
+        except FileNotFoundError:
+            raise DataError(f"--voc12_root has no image {jpeg} to check {path}'s size against; point --voc12_root "
+                            f"at a VOC2012 folder with the test images (VOC2012 test), or drop it") from None
+        except OSError as e:
+            raise DataError(f"image {jpeg} is unreadable ({e}); replace it, or drop --voc12_root") from None
         if pred.shape != size:
             raise DataError(f"{path} is {pred.shape[0]}x{pred.shape[1]} but image {img_id} is {size[0]}x{size[1]}; "
                             f"the server needs the original size")

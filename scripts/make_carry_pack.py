@@ -55,7 +55,8 @@ def main(argv=None):
     p.add_argument("--voc12_root", required=True, help="the VOC subset (JPEGImages/, SegmentationClassAug/, "
                                                        "ImageSets/train_subset.txt, train_aug_subset.txt)")
     p.add_argument("--out", default=".devdata/voc_pack", help="the pack folder (git-ignored)")
-    p.add_argument("--max_mb", type=int_at_least(1), default=56, help="size budget of the pack in MiB")
+    p.add_argument("--max_mb", type=int_at_least(1), default=40,
+                   help="size budget of the pack in MiB (the tree, about 3 MiB, travels too: 64 MiB in all)")
     p.add_argument("--long_side", type=int_at_least(64), default=500, help="longest image side kept")
     args = p.parse_args(argv)
     sets = os.path.join(args.voc12_root, "ImageSets")
@@ -70,6 +71,9 @@ def main(argv=None):
     mask_bytes = sum(os.path.getsize(os.path.join(args.voc12_root, "SegmentationClassAug", i + ".png"))
                      for i in with_masks)
     budget = args.max_mb * 2 ** 20 - mask_bytes - 2 ** 20  # lists, labels, slack
+    if budget <= 0:
+        raise SystemExit(f"error: --max_mb {args.max_mb} leaves no room for images after the masks "
+                         f"({mask_bytes / 2 ** 20:.1f} MiB) and 1 MiB for lists and labels: raise --max_mb")
     quality, mean = choose_quality([img_path(i) for i in all_ids], budget, len(all_ids), args.long_side)
     kept_others = others[:max(0, int(budget // mean) - len(with_masks))]
     kept = with_masks + kept_others

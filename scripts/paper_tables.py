@@ -87,9 +87,14 @@ def run_summary(result):
     """Settings and date of the run that made a result JSON (for the tables' last columns)."""
     run = result.get("run") or {}
     flags = run.get("flags") or {}
-    keys = ("rib_iter", "rib_learning_rate", "rib_margin", "rib_score_th", "rib_batch", "rib_pooling",
-            "rib_loss", "rib_equations", "backbone_weights", "seed")
-    settings = ", ".join(f"{k}={flags[k]}" for k in keys if k in flags)
+    if result.get("source") == "cam":  # a plain-CAM result (e.g. Table 5(a)'s Init.): no RIB setting applies
+        keys = ("cam_scales", "backbone_weights", "seed")
+        prefix = "plain CAM, "
+    else:
+        keys = ("rib_iter", "rib_learning_rate", "rib_margin", "rib_score_th", "rib_batch", "rib_pooling",
+                "rib_loss", "rib_equations", "backbone_weights", "seed")
+        prefix = ""
+    settings = prefix + ", ".join(f"{k}={flags[k]}" for k in keys if k in flags)
     return {"settings": settings, "date": run.get("date", ""), "commit": (run.get("git_commit") or "")[:10]}
 
 
@@ -294,28 +299,61 @@ def table_order(name):
 # --- figures ---------------------------------------------------------------------------------------------------------
 
 
-def plot_fig5(measurements, out_dir):
-    """Figure 5: seed mIoU after each RIB iteration, GNDRP and GAP (one curve per run, seeds averaged)."""
+# The paper gives Figure 5 as a plot only; its numbers at the ends of the curves are in Table 5(c): the plain CAM
+# (K = 0) and RIB with GAP and with GNDRP (tau 0.4) at K = 10.
+FIG5_PAPER_POINTS = (("CAM", "5c", "CAM"), ("RIB-GAP", "5c", "RIB-GAP"), ("RIB-GNDRP", "5c", "RIB-GNDRP (tau=0.4)"))
+FIG5_MIN_SPAN = 10.0  # points of mIoU on the y axis at least: a smoke run's 0.01-point wiggles are not a trend
+
+
+def fig5_ylim(values):
+    """y range of Figure 5: the values with a margin, at least FIG5_MIN_SPAN points wide."""
+    low, high = min(values), max(values)
+    if high - low < FIG5_MIN_SPAN:
+        mid = (high + low) / 2
+        low, high = mid - FIG5_MIN_SPAN / 2, mid + FIG5_MIN_SPAN / 2
+    pad = 0.08 * (high - low)
+    return low - pad, high + pad
+
+
+def plot_fig5(measurements, out_dir, paper=None):
+    """Figure 5: seed mIoU after each RIB iteration, GNDRP and GAP (one curve per run, seeds averaged), with the
+    paper's values at K = 0 and K = 10 (Table 5(c)) as hollow markers."""
     curves = [m for m in measurements if m.table == "fig5" and m.column == "curve"]
     if not curves:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    colours = {"RIB-GAP": "tab:orange", "RIB-GNDRP": "tab:blue", "CAM": "grey"}
+    values = []
     for row in sorted({m.row for m in curves}):
         runs = [m.value for m in curves if m.row == row]
         ks = sorted({r["k"] for run in runs for r in run})
         means = [statistics.fmean([r["miou"] for run in runs for r in run if r["k"] == k]) for k in ks]
-        ax.plot(ks, means, marker="o", label=row.replace("RIB-", "RIB with "))
+        values += means
+        ax.plot(ks, means, marker="o", color=colours.get(row), label=row.replace("RIB-", "RIB with ") + " (measured)")
     base = [m.value for m in measurements if m.table == "fig5" and m.row == "CAM"]
     if base:
-        ax.axhline(statistics.fmean(base), color="grey", linestyle="--", label="CAM")
+        values.append(statistics.fmean(base))
+        ax.axhline(values[-1], color="grey", linestyle="--", label="CAM (measured)")
+    paper_k = {"CAM": 0, "RIB-GAP": 10, "RIB-GNDRP": 10}
+    for name, table, row in FIG5_PAPER_POINTS:
+        ref = (paper or {}).get(table, {}).get((row, "seed"))
+        if ref is not None:
+            values.append(ref)
+            ax.plot([paper_k[name]], [ref], marker="s", markersize=8, linestyle="none", markerfacecolor="none",
+                    color=colours[name], label=f"paper: {name.replace('RIB-', 'RIB with ')} ({ref:g}, Table 5(c))")
+    ax.set_ylim(*fig5_ylim(values))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("RIB iteration (K)")
     ax.set_ylabel("seed mIoU (%)")
     smoke = any(m.smoke for m in curves)
-    ax.set_title("Figure 5" + (" (synthetic smoke run)" if smoke else ""))
-    ax.legend()
+    ax.set_title("Figure 5: seed mIoU along the RIB iterations" + ("\n(synthetic smoke run: not the paper's data)"
+                                                                   if smoke else ""), fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(out_dir, "figure5.png")
     fig.savefig(path, dpi=120)
@@ -323,8 +361,28 @@ def plot_fig5(measurements, out_dir):
     return path
 
 
+def run_dataset(folder):
+    """The dataset spec of the run whose per-iteration CAMs are in `folder` (<work_dir>/result/cam_rib_iters/kNN),
+    from the flags recorded beside its RIB maps; None when unrecorded."""
+    from types import SimpleNamespace
+    from misc.datasets import build_spec
+    result_dir = os.path.dirname(os.path.dirname(os.path.abspath(folder)))
+    record = os.path.join(result_dir, "cam_rib", "settings.json")
+    if not os.path.isfile(record):
+        return None
+    flags = (read_json(record).get("run") or {}).get("flags") or {}
+    dataset = flags.get("dataset", "voc12")
+    root = flags.get("voc12_root") if dataset == "voc12" else flags.get("coco_root")
+    try:
+        return build_spec(SimpleNamespace(dataset=dataset, data_root=root, cls_labels=flags.get("cls_labels", ""),
+                                          gt_dir=flags.get("gt_dir", "")))
+    except (DataError, OSError):
+        return None
+
+
 def plot_fig3(measurements, out_dir, num_images=3):
-    """Figure 3: the localization maps of a few images along the RIB iterations (the GNDRP Figure 5 run)."""
+    """Figure 3: the localization map of one class of a few images along the RIB iterations (the GNDRP Figure 5
+    run): the image with its class, then the map of that class after each k over the image, one colour scale."""
     curves = [m for m in measurements if m.table == "fig5" and m.column == "curve" and m.row == "RIB-GNDRP"]
     if not curves:
         return None
@@ -332,23 +390,56 @@ def plot_fig3(measurements, out_dir, num_images=3):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from misc.fileio import load_cam_npz
-    folders = sorted(r["dir"] for r in curves[0].value)
-    ids = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(folders[0], "*.npz")))[:num_images]
+    from misc.fileio import load_cam_npz, load_image_rgb
+    folders = [r["dir"] for r in sorted(curves[0].value, key=lambda r: r["k"])]
+    ks = [r["k"] for r in sorted(curves[0].value, key=lambda r: r["k"])]
+    ids = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(folders[0], "*.npz")))
+    ids = [i for i in ids if len(load_cam_npz(os.path.join(folders[0], i + ".npz"))["keys"])][:num_images]
     if not ids:
         return None
-    fig, axes = plt.subplots(len(ids), len(folders), figsize=(1.6 * len(folders), 1.6 * len(ids)), squeeze=False)
+    spec = run_dataset(folders[0])
+    cols = len(folders) + 1
+    fig, axes = plt.subplots(len(ids), cols, figsize=(1.7 * cols + 0.6, 1.8 * len(ids)), squeeze=False)
     for i, img_id in enumerate(ids):
+        first = load_cam_npz(os.path.join(folders[0], img_id + ".npz"))
+        cls = int(first["keys"][0])
+        name = spec.class_names[cls] if spec is not None and cls < len(spec.class_names) else f"class {cls}"
+        image = None
+        if spec is not None:
+            try:
+                image = load_image_rgb(spec.image_path(img_id))
+            except DataError:
+                image = None
+        ax = axes[i, 0]
+        if image is not None:
+            ax.imshow(image)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"{img_id}\n{name}", fontsize=7)
+        if i == 0:
+            ax.set_title("image", fontsize=8)
         for j, folder in enumerate(folders):
             rec = load_cam_npz(os.path.join(folder, img_id + ".npz"))
-            cam = rec["high_res"].max(axis=0) if len(rec["keys"]) else np.zeros(rec["high_res"].shape[1:])
-            axes[i, j].imshow(cam, cmap="jet", vmin=0, vmax=1)
-            axes[i, j].axis("off")
+            where = list(rec["keys"]).index(cls) if cls in list(rec["keys"]) else None
+            cam = rec["high_res"][where] if where is not None else np.zeros(rec["high_res"].shape[1:])
+            ax = axes[i, j + 1]
+            if image is not None and image.shape[:2] == cam.shape:
+                ax.imshow(image)
+                ax.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=0.55)
+            else:
+                ax.imshow(cam, cmap="jet", vmin=0, vmax=1)
+            ax.axis("off")
             if i == 0:
-                axes[i, j].set_title(f"k={os.path.basename(folder)[1:].lstrip('0') or '0'}", fontsize=8)
-    fig.suptitle("Figure 3: CAM along the RIB iterations" + (" (synthetic smoke run)" if curves[0].smoke else ""),
-                 fontsize=9)
-    fig.tight_layout()
+                ax.set_title("CAM (k=0)" if ks[j] == 0 else f"RIB k={ks[j]}", fontsize=8)
+    fig.suptitle("Figure 3: the map of the named class along the RIB iterations"
+                 + (" (synthetic smoke run)" if curves[0].smoke else ""), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    bar = fig.add_axes((0.91, 0.12, 0.02, 0.72))
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    # the overlays are translucent; the bar shows the opaque scale
+    fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=bar).set_label("map / its max", fontsize=7)
+    bar.tick_params(labelsize=6)
     path = os.path.join(out_dir, "figure3.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -401,7 +492,7 @@ def main(argv=None):
     paper = load_paper_numbers()
     os.makedirs(opts.out, exist_ok=True)
     written = write_tables(measurements, opts.out, paper)
-    written += [p for p in (plot_fig5(measurements, opts.out), plot_fig3(measurements, opts.out)) if p]
+    written += [p for p in (plot_fig5(measurements, opts.out, paper), plot_fig3(measurements, opts.out)) if p]
     written += plot_per_class(measurements, opts.out, paper)
     for path in written:
         print(path)

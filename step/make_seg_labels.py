@@ -56,9 +56,13 @@ def load_saliency(path, img_id, size):
     if not os.path.isfile(path):
         raise DataError(f"--seg_saliency_dir has no saliency map for image {img_id} ({path}); add it or remove the "
                         f"id from --seg_train_list")
-    with Image.open(path) as img:
-        img.load()
-        sal = np.asarray(img if img.mode == "L" else img.convert("L"), np.uint8)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            sal = np.asarray(img if img.mode == "L" else img.convert("L"), np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise DataError(f"saliency map {path} of --seg_saliency_dir is corrupt or not an image ({e}); replace it "
+                        f"with the 0-255 grey PNG of image {img_id}") from None
     if sal.shape != tuple(size):
         raise DataError(f"saliency map {path} is {sal.shape[0]}x{sal.shape[1]} but image {img_id} is "
                         f"{size[0]}x{size[1]}; fix --seg_saliency_dir")

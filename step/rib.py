@@ -532,7 +532,7 @@ def settings(args):
     """The values that decide RIB's maps (a rerun with other values stops; misc/provenance.py)."""
     return {**RIBConfig.from_args(args).__dict__, "other_images": args.rib_batch, "crop_size": args.rib_crop_size,
             "disjoint_prob": args.rib_disjoint_prob, "resize_long": list(args.cam_resize_long), "seed": args.seed,
-            "train_list": provenance.file_digest(args.train_list)}
+            "train_list": provenance.file_digest(args.train_list, "--train_list")}
 
 
 def run(args):

@@ -105,7 +105,7 @@ def build_model(args, spec, ids):
 
 def settings(args):
     """The values that decide the AffinityNet checkpoint (misc/provenance.py)."""
-    return {"infer_list": provenance.file_digest(args.infer_list), "backbone": args.psa_backbone,
+    return {"infer_list": provenance.file_digest(args.infer_list, "--infer_list"), "backbone": args.psa_backbone,
             "backbone_weights": backbone_weights(args), "crop_size": args.psa_crop_size,
             "batch_size": args.psa_batch_size, "epochs": args.psa_num_epoches,
             "learning_rate": args.psa_learning_rate, "weight_decay": args.psa_weight_decay,

@@ -57,7 +57,7 @@ MAX_LOGIT = 1e4
 
 def settings(args, spec):
     """The values that decide the checkpoint (a rerun with other values stops; misc/provenance.py)."""
-    return {"classes": list(spec.class_names), "train_list": provenance.file_digest(args.train_list),
+    return {"classes": list(spec.class_names), "train_list": provenance.file_digest(args.train_list, "--train_list"),
             "backbone_weights": args.backbone_weights, "epochs": args.cam_num_epoches,
             "batch_size": args.cam_batch_size, "crop_size": args.cam_crop_size,
             "resize_long": list(args.cam_resize_long), "learning_rate": args.cam_learning_rate,

@@ -127,7 +127,7 @@ def mean_displacement(model, spec, ids, args, device, rank, world, channels_last
 
 def settings(args):
     """The values that decide the IRNet checkpoint (misc/provenance.py)."""
-    return {"infer_list": provenance.file_digest(args.infer_list), "backbone_weights": args.backbone_weights,
+    return {"infer_list": provenance.file_digest(args.infer_list, "--infer_list"), "backbone_weights": args.backbone_weights,
             "crop_size": args.irn_crop_size, "batch_size": args.irn_batch_size, "epochs": args.irn_num_epoches,
             "learning_rate": args.irn_learning_rate, "weight_decay": args.irn_weight_decay,
             "official_momentum_bug": args.official_momentum_bug,

@@ -160,6 +160,8 @@ def _edit_json(root, split, edit):
     ("captions", "not a COCO instances file"),
     ("unknown_category", "category id 12, which is not in the file's categories"),
     ("image_without_file", "have no file"),
+    ("empty_categories", "empty 'categories' list"),
+    ("captions_val_after_good_train", "instances_val2014.json is not a COCO instances file"),
 ])
 def test_prepare_bad_inputs(coco_copy, case, match, capsys):
     if case == "missing_json":
@@ -176,12 +178,19 @@ def test_prepare_bad_inputs(coco_copy, case, match, capsys):
         _edit_json(coco_copy, "train", edit)
     elif case == "image_without_file":
         os.remove(os.path.join(coco_copy, "train2014", f"COCO_train2014_{EMPTY_TRAIN}.jpg"))
+    elif case == "empty_categories":
+        for split in ("train", "val"):
+            _edit_json(coco_copy, split, lambda d: {**d, "categories": [], "annotations": []})
+    elif case == "captions_val_after_good_train":  # found before the train masks are written (issue 21)
+        _edit_json(coco_copy, "val", lambda d: {"images": d["images"], "annotations": []})
     with pytest.raises(SystemExit) as e:
         coco_prepare.main(["--coco_root", coco_copy, "--workers", "1"])
     message = str(e.value)
     assert message.startswith("error: ") and "\n" not in message
     assert __import__("re").search(match, message), message
     assert not os.path.exists(os.path.join(coco_copy, "train14.txt"))  # nothing marked as prepared
+    mask_dir = os.path.join(coco_copy, "coco_seg_anno")
+    assert not os.path.isdir(mask_dir) or not [n for n in os.listdir(mask_dir) if n.endswith(".png")]
 
 
 def test_run_sample_takes_root_files_and_both_image_layouts(prepared, tmp_path):

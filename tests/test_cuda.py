@@ -80,6 +80,8 @@ def test_two_workers_on_one_gpu_equal_one_worker(rib_setup):
 
 @pytest.mark.parametrize("step", ["train_cam", "train_irn"])
 def test_training_under_torchrun_one_process(step, voc_root, tmp_path):
+    if step == "train_irn":  # its IR labels come from cam_to_ir_label's dense CRF
+        pytest.importorskip("pydensecrf", reason="cam_to_ir_label needs pydensecrf (absent on the lent GPU machine)")
     ids = train_subset_ids(8)
     lst = write_list(tmp_path / "ids.txt", ids)
     work = tmp_path / "w"

@@ -73,6 +73,10 @@ def test_smoke_table_5a_has_paper_and_measured_columns(smoke_tables):
             result = result[key]
         assert cells[2] == paper and cells[3] == f"{result:.2f}"
         assert cells[4] == f"{float(cells[3]) - float(paper):+.2f}"
+        if row == "Init.":  # plain CAM: its settings, not RIB's (issue 21)
+            assert cells[5].startswith("plain CAM") and "rib_" not in cells[5], cells[5]
+        else:
+            assert "rib_iter=" in cells[5], cells[5]
     # one classifier and one make_cam for every row (never retrained per row)
     index = json.load(open(work / "ablations.json"))
     assert index["smoke"] and set(index["tables"]) == {"5a", "fig5"}
@@ -89,6 +93,13 @@ def test_smoke_figures(smoke_tables):
             assert img.size[0] > 200 and img.size[1] > 100
     rows = json.load(open(work / "runs" / "iters_gndrp" / "seed0" / "result" / "eval_rib_iters.json"))
     assert [r["k"] for r in rows] == [0, 1, 2]  # smoke K = 3, official aggregation: k = 0..K-1
+
+
+def test_figure5_y_range_is_never_a_magnified_wiggle():
+    low, high = paper_tables.fig5_ylim([32.74, 32.75, 32.76])
+    assert high - low >= paper_tables.FIG5_MIN_SPAN and low < 32.74 < 32.76 < high
+    low, high = paper_tables.fig5_ylim([32.7, 48.8, 56.5])  # the paper's points widen it as they need
+    assert low < 32.7 and high > 56.5 and high - low < 30
 
 
 # --- paper_tables on hand-made result files ---------------------------------------------------------------------
