@@ -130,6 +130,7 @@ def main(argv=None):
         args = demo.coco_demo_args(args) if args.demo == "coco14" else demo.demo_args(args)
     log = logging.getLogger("run_sample")
     try:
+        runlog.check_tensorboard(args)
         run_steps(args)
     except DataError as e:  # printed once, on the console by SystemExit; the log file gets it too
         runlog.log_to_file(log, f"error: {e}")

@@ -22,7 +22,7 @@ from deeplab.data import IterationBatches, SegmentationTrainDataset, calibration
 from deeplab.losses import make_loss, msc_loss
 from deeplab.model import build_deeplab, load_deeplab, parameter_groups, poly_lr, save_deeplab, set_lr
 from deeplab.predict import evaluate_model
-from misc import dist, resume
+from misc import dist, resume, runlog
 from misc.datasets import build_spec, load_id_list
 from misc.errors import DataError
 from misc.fileio import check_label_files, load_checkpoint, save_checkpoint
@@ -218,8 +218,10 @@ def train_iterations(run, model, optimizer, start_iter, eval_ids):
     train_model = torch.compile(ddp_model) if args.seg_compile and str(run.device).startswith("cuda") else ddp_model
     loss_fn = make_loss(args.seg_loss, args.seg_loss_smoothing)
     batches = training_batches(run, start_iter)
-    window = LossWindow(run)
-    with tqdm(total=args.seg_num_iters, initial=start_iter, desc=run.step, disable=run.rank != 0) as bar:
+    scalars = runlog.Scalars(args, run.step)
+    window = LossWindow(run, scalars)
+    with tqdm(total=args.seg_num_iters, initial=start_iter, desc=run.step, disable=run.rank != 0) as bar, \
+            contextlib.closing(scalars):
         for it in range(start_iter, args.seg_num_iters):
             set_lr(optimizer, poly_lr(args.seg_learning_rate, it, args.seg_num_iters, args.seg_poly_power,
                                       args.seg_lr_step))
@@ -243,6 +245,7 @@ def train_iterations(run, model, optimizer, start_iter, eval_ids):
                                           run.channels_last)
                     log.info("%s iteration %d: val mIoU %.2f on %d images of --seg_eval_list (no CRF)", run.step,
                              done, 100 * miou, len(eval_ids))
+                    scalars.add(done, val_miou=100 * miou)
                 dist.barrier()
 
 
@@ -265,8 +268,8 @@ class LossWindow:
     """The loss summed on the device since the last report; report() is the loop's only host sync, and stops a
     run whose loss is no longer finite."""
 
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, run, scalars):
+        self.run, self.scalars = run, scalars
         self.loss_sum = torch.zeros((), device=run.device)
         self.iterations, self.start = 0, time.perf_counter()
         self.micro = 0
@@ -291,5 +294,6 @@ class LossWindow:
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
             log.info("%s iteration %d/%d: loss %.4f (mean of %d), lr %.3e, %.1f images/s", run.step, done,
                      args.seg_num_iters, mean_loss, self.iterations, lr, rate)
+            self.scalars.add(done, loss=mean_loss, lr=lr, images_per_s=rate)
         self.loss_sum.zero_()
         self.iterations, self.start = 0, time.perf_counter()

@@ -49,6 +49,24 @@ def images_with_cams(spec, ids, cam_dir, source, desc, worker_idx=0):
         yield img_id, img, record
 
 
+def read_cam_records(cam_dir, ids, made_by, ahead=2):
+    """(id, record) of each id in order, read `ahead` records in advance on a thread: decoding a compact record
+    (misc/cam_format.py: zlib, PyTorch's resize, a checksum; all release the GIL) overlaps the caller's work on
+    the previous one. Memory stays bounded by `ahead` records."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque()
+        for img_id in ids:
+            pending.append((img_id, pool.submit(load_cam_npz, cam_file(cam_dir, img_id), made_by)))
+            if len(pending) > ahead:
+                done_id, future = pending.popleft()
+                yield done_id, future.result()
+        while pending:
+            done_id, future = pending.popleft()
+            yield done_id, future.result()
+
+
 def check_cam_record(record, img_id, num_classes, image_size, cam_dir):
     """Class indices within the dataset and maps of the image's size, else a DataError naming the id."""
     keys = record["keys"]
@@ -99,9 +117,14 @@ def cam_record(strided_sum, high_res_sum, label):
     return keys.cpu().numpy(), strided.cpu().numpy(), high_res.cpu().numpy()
 
 
-def write_cam_record(path, strided_sum, high_res_sum, label):
+def write_cam_record(path, strided_sum, high_res_sum, label, maps=None, fmt="compact"):
+    """Write the record of one image; `maps`: the per-scale maps that resize_and_sum summed (all classes), which
+    the compact record stores instead of the full-resolution arrays (misc/cam_format.py)."""
     keys, strided, high_res = cam_record(strided_sum, high_res_sum, label.cpu())
     if not (np.isfinite(strided).all() and np.isfinite(high_res).all()):
         raise RuntimeError(f"non-finite CAM for {os.path.basename(path)[:-4]}: the classifier's weights or "
                            f"activations overflow (did its training diverge?); nothing was written")
-    save_cam_npz(path, keys, strided, high_res)
+    if maps is not None:
+        index = torch.from_numpy(keys)
+        maps = [m.detach()[index.to(m.device)].float().cpu().numpy() for m in maps]
+    save_cam_npz(path, keys, strided, high_res, maps=maps, fmt=fmt)

@@ -10,6 +10,8 @@ import secrets
 import socket
 import tempfile
 import time
+import zipfile
+import zlib
 from contextlib import contextmanager
 
 import numpy as np
@@ -155,29 +157,41 @@ def load_npz(path):
 
 
 # --- the CAM file format (a contract: later steps and outside checks read it) -----------------------------------
-# <work_dir>/result/cam/<id>.npz (plain CAM) or result/cam_rib/<id>.npz (RIB):
+# <work_dir>/result/cam/<id>.npz (plain CAM) or result/cam_rib/<id>.npz (RIB); load_cam_npz returns
 #   keys     int64 [n]           0-based foreground class indices (the image's labels)
 #   cam      float32 [n, ceil(H/4), ceil(W/4)]   stride-4 map, each class divided by its max (<= 1)
 #   high_res float32 [n, H, W]   full-resolution map, same normalisation
+# The file stores them compactly and losslessly (misc/cam_format.py, format 2: the per-scale maps they are computed
+# from plus an exact correction); records of the plain layout (these three arrays as such, format 1, written before
+# the compact format and by the official code) are read as they are. --cam_format float16 is the one lossy option.
 
 
-def save_cam_npz(path, keys, cam, high_res):
+def save_cam_npz(path, keys, cam, high_res, maps=None, fmt="compact"):
+    """Write a CAM record. `maps`: the per-scale maps (list of [n, h_s, w_s], the image's classes) that cam and
+    high_res were computed from (misc/cams.resize_and_sum), which makes the record ~50x smaller than the plain
+    one; fmt: compact, plain (the layout of format 1) or float16 (lossy)."""
+    from misc import cam_format
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     cam = np.asarray(cam, dtype=np.float32)
     high_res = np.asarray(high_res, dtype=np.float32)
     if not (cam.shape[0] == high_res.shape[0] == keys.shape[0]):
         raise ValueError(f"CAM arrays disagree on the class count: keys {keys.shape}, cam {cam.shape}, "
                          f"high_res {high_res.shape}")
-    save_npz(path, keys=keys, cam=cam, high_res=high_res)
+    if fmt == "plain":
+        save_npz(path, keys=keys, cam=cam, high_res=high_res)
+        return
+    save_npz(path, **cam_format.encode(keys, cam, high_res, maps, "float16" if fmt == "float16" else "float32"))
 
 
 def load_cam_npz(path, made_by="make_cam or rib"):
+    """{keys, cam, high_res} of a CAM record of any format (see above)."""
+    from misc import cam_format
     if not os.path.isfile(path):
         raise DataError(f"CAM file {path} is missing: run the step that makes it ({made_by}) first, "
                         f"e.g. --only {made_by.split()[0]}")
     try:
-        return load_npz(path)
-    except (OSError, ValueError) as e:
+        return cam_format.decode(load_npz(path))
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
         raise DataError(f"CAM file {path} is unreadable ({e}); delete it and rerun the step that makes it") from e
 
 

@@ -53,3 +53,45 @@ def log_traceback_to_file(logger):
     """Write the exception being handled, with its traceback, to the run log only (the console gets one line)."""
     import traceback
     log_to_file(logger, traceback.format_exc().rstrip())
+
+
+class Scalars:
+    """TensorBoard scalars of one training step under <work_dir>/tb/<name> (--tensorboard true), written where the
+    step already reads its numbers on the host (no extra syncs); a no-op without the flag and on ranks > 0.
+    tensorboard is an optional dependency: without it the flag fails at once, naming the install command."""
+
+    def __init__(self, args, name):
+        self.writer = None
+        if getattr(args, "tensorboard", False) and int(os.environ.get("RANK", 0)) == 0:
+            self.writer = summary_writer(os.path.join(args.work_dir, "tb", name))
+
+    def add(self, step, **values):
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, float(value), int(step))
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def summary_writer(log_dir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from misc.fileio import DataError
+        raise DataError("--tensorboard true needs the tensorboard package: pip install tensorboard "
+                        "(or run with --tensorboard false)") from None
+    return SummaryWriter(log_dir=log_dir)
+
+
+def check_tensorboard(args):
+    """Fail before any work when --tensorboard true cannot write."""
+    if getattr(args, "tensorboard", False):
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            from misc.fileio import DataError
+            raise DataError("--tensorboard true needs the tensorboard package: pip install tensorboard "
+                            "(or run with --tensorboard false)") from None

@@ -391,18 +391,18 @@ def plot_fig3(measurements, out_dir, num_images=3):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from misc.fileio import load_image_rgb, load_npz
+    from misc.fileio import load_cam_npz, load_image_rgb
     folders = [r["dir"] for r in sorted(curves[0].value, key=lambda r: r["k"])]
     ks = [r["k"] for r in sorted(curves[0].value, key=lambda r: r["k"])]
     ids = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(folders[0], "*.npz")))
-    ids = [i for i in ids if len(load_npz(os.path.join(folders[0], i + ".npz"))["keys"])][:num_images]
+    ids = [i for i in ids if len(load_cam_npz(os.path.join(folders[0], i + ".npz"))["keys"])][:num_images]
     if not ids:
         return None
     spec = run_dataset(folders[0])
     cols = len(folders) + 1
     fig, axes = plt.subplots(len(ids), cols, figsize=(1.7 * cols + 0.6, 1.8 * len(ids)), squeeze=False)
     for i, img_id in enumerate(ids):
-        first = load_npz(os.path.join(folders[0], img_id + ".npz"))
+        first = load_cam_npz(os.path.join(folders[0], img_id + ".npz"))
         cls = int(first["keys"][0])
         name = spec.class_names[cls] if spec is not None and cls < len(spec.class_names) else f"class {cls}"
         image = None
@@ -420,7 +420,7 @@ def plot_fig3(measurements, out_dir, num_images=3):
         if i == 0:
             ax.set_title("image", fontsize=8)
         for j, folder in enumerate(folders):
-            rec = load_npz(os.path.join(folder, img_id + ".npz"))
+            rec = load_cam_npz(os.path.join(folder, img_id + ".npz"))
             where = list(rec["keys"]).index(cls) if cls in list(rec["keys"]) else None
             cam = rec["high_res"][where] if where is not None else np.zeros(rec["high_res"].shape[1:])
             ax = axes[i, j + 1]

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from misc import imutils, resume
-from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, cam_file, check_cam_record
+from misc.cams import CAM_SOURCE_STEPS, cam_dir as source_dir, cam_file, check_cam_record, read_cam_records
 from misc.cli import sweep_values
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import load_cam_npz, load_image_rgb, save_json, save_png, save_text
@@ -94,8 +94,8 @@ def evaluate_cam_dir(args, cam_dir, ids, spec=None, made_by="make_cam", crf=Fals
     names = spec.names_with_background
     sweep = ThresholdSweep(len(names), thresholds)
     maps = flat = 0
-    for img_id in tqdm(ids, desc=f"eval {os.path.basename(cam_dir)}"):
-        record = load_cam_npz(cam_file(cam_dir, img_id), made_by)
+    for img_id, record in tqdm(read_cam_records(cam_dir, ids, made_by), total=len(ids),
+                               desc=f"eval {os.path.basename(cam_dir)}"):
         gt = spec.load_gt(img_id, image_size=image_size(spec, img_id))
         check_cam_record(record, img_id, spec.num_classes, gt.shape, cam_dir)
         score, fg_class = seed_scores(record, gt.shape)

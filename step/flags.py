@@ -59,6 +59,9 @@ def add_environment_args(p, dataset, preset):
     g.add_argument("--seed", type=int_at_least(0), default=0, help="seed of every random draw of the pipeline")
     g.add_argument("--amp", type=str2bool, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     g.add_argument("--channels_last", type=str2bool, default=True, help="channels-last tensors on CUDA")
+    g.add_argument("--tensorboard", type=str2bool, default=False,
+                   help="TensorBoard scalars (loss, lr, val mIoU) of train_cam, train_irn, train_aff and "
+                        "train_deeplab under <work_dir>/tb/ (needs: pip install tensorboard)")
     g.add_argument("--demo", nargs="?", const="voc12", default=None, choices=datasets.DATASETS,
                    help="write a small synthetic VOC-format dataset (4 classes) under <work_dir>/demo_data and run "
                         "every step on it on the CPU; --demo coco14: a COCO-format one (raw instances JSONs, 80 "
@@ -107,6 +110,10 @@ def add_classifier_args(p, dataset, preset):
     g.add_argument("--check_classifier", type=str2bool, default=True,
                    help="after train_cam, check that the classifier's logits on a few training images are finite "
                         "and bounded (a diverged classifier stops here, not later in RIB)")
+    g.add_argument("--cam_format", default="compact", choices=("compact", "plain", "float16"),
+                   help="CAM records of make_cam and rib: compact (lossless, ~1/50 of plain's bytes, "
+                        "misc/cam_format.py), plain (lossless, the official float32 layout), float16 (lossy, "
+                        "effect on seed mIoU in docs/benchmarks.md)")
 
 
 def add_eval_cam_args(p, dataset, preset):

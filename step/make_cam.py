@@ -37,7 +37,8 @@ def _work(worker_idx, ids, device, args):
             maps = multiscale_cam_maps(model, pack["img"], device, channels_last,
                                        lambda: autocast(device, args.amp))
             strided, high_res = resize_and_sum(maps, tuple(pack["size"]))
-            write_cam_record(cam_file(args.cam_out_dir, pack["name"]), strided, high_res, pack["label"])
+            write_cam_record(cam_file(args.cam_out_dir, pack["name"]), strided, high_res, pack["label"], maps,
+                             args.cam_format)
 
 
 def run(args):

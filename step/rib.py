@@ -531,7 +531,7 @@ class RIBWorker:
         written = set()
 
         def save_term(k, sums):
-            write_cam_record(iter_files[k], *resize_and_sum(sums, size), target["label"])
+            write_cam_record(iter_files[k], *resize_and_sum(sums, size), target["label"], sums, args.cam_format)
             written.add(k)
 
         result = self.finetune(self.model, target, lambda k: self.next_item("others", j, k), cfg, self.device,
@@ -543,8 +543,8 @@ class RIBWorker:
         strided, high_res = resize_and_sum(result.sums, size)
         for k, path in enumerate(iter_files):  # after an early stop every later k holds the final map
             if k not in written:
-                write_cam_record(path, strided, high_res, target["label"])
-        write_cam_record(out, strided, high_res, target["label"])
+                write_cam_record(path, strided, high_res, target["label"], result.sums, args.cam_format)
+        write_cam_record(out, strided, high_res, target["label"], result.sums, args.cam_format)
         log.debug("rib %s: %s after %d updates, CAM terms per scale %s", img_id, result.stop, result.updates,
                   result.terms)
         return result.stop

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from misc import dist, imutils, resume
+from misc import dist, imutils, resume, runlog
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
 from misc.errors import DataError
 from misc.fileio import check_label_files, load_step_label, save_checkpoint
@@ -151,6 +151,7 @@ def run(args):
              batch_size, world, args.psa_crop_size, len(dataset.dst))
     start = time.perf_counter()
     model.train()
+    scalars = runlog.Scalars(args, "train_aff")
     for epoch in range(args.psa_num_epoches):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -173,9 +174,12 @@ def run(args):
                 bar.set_postfix(loss=f"{(window_sums['loss'] / window).item():.4f}")
                 log.info("step %d/%d: %s, lr %.2e", optimizer.global_step, max_step, _format(window_sums, window),
                          optimizer.param_groups[0]["lr"])
+                scalars.add(optimizer.global_step, lr=optimizer.param_groups[0]["lr"],
+                            **{f"loss/{k}": (v / window).item() for k, v in window_sums.items()})
                 window_sums, window = {}, 0
         if rank == 0 and epoch_sums:
             log.info("epoch %d: %s", epoch + 1, _format(epoch_sums, len(loader)))
+    scalars.close()
     train_time = time.perf_counter() - start
 
     if rank == 0:

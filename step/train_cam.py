@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import dist, resume
+from misc import dist, resume, runlog
 from misc.datasets import ClassificationDataset, build_spec, load_id_list
 from misc.errors import DataError
 from misc.fileio import save_checkpoint
@@ -115,6 +115,7 @@ def run(args):
     log.info("training the classifier on %d images (%d classes): %d epochs x %d steps, batch %d x %d process(es)",
              len(ids), spec.num_classes, args.cam_num_epoches, len(loader), batch_size, world)
     start = time.perf_counter()
+    scalars = runlog.Scalars(args, "train_cam")
     for epoch in range(args.cam_num_epoches):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -137,6 +138,9 @@ def run(args):
                             f"(now {args.cam_batch_size}). No checkpoint was written")
         if rank == 0:
             log.info("epoch %d: mean loss %.4f, lr %.2e", epoch + 1, mean_loss, optimizer.param_groups[0]["lr"])
+            scalars.add((epoch + 1) * len(loader), **{"loss/mean_of_epoch": mean_loss,
+                                                      "lr": optimizer.param_groups[0]["lr"]})
+    scalars.close()
     if rank == 0:
         save_checkpoint(args.cam_weights_path, {k: v.cpu() for k, v in model.state_dict().items()},
                         num_classes=spec.num_classes, class_names=list(spec.class_names))

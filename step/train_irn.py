@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc import dist, imutils, resume
+from misc import dist, imutils, resume, runlog
 from misc.datasets import ImageDataset, build_spec, load_id_list, numpy_rng_from_torch
 from misc.fileio import check_label_files, load_step_label, save_checkpoint
 from misc.torchutils import PolyOptimizer, autocast, to_device
@@ -169,6 +169,7 @@ def run(args):
              args.irn_crop_size, path_index.num_directions)
     start = time.perf_counter()
     model.train()
+    scalars = runlog.Scalars(args, "train_irn")
     for epoch in range(args.irn_num_epoches):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -186,9 +187,12 @@ def run(args):
             for k, v in losses.items():  # summed on device: no host sync per step
                 sums[k] = sums.get(k, 0) + v.detach()
         if rank == 0 and sums:
-            log.info("epoch %d: %s, lr %.2e", epoch + 1,
-                     ", ".join(f"{k} {(v / len(loader)).item():.4f}" for k, v in sums.items()),
+            means = {k: (v / len(loader)).item() for k, v in sums.items()}
+            log.info("epoch %d: %s, lr %.2e", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in means.items()),
                      optimizer.param_groups[0]["lr"])
+            scalars.add((epoch + 1) * len(loader), lr=optimizer.param_groups[0]["lr"],
+                        **{f"loss/{k}": v for k, v in means.items()})
+    scalars.close()
     train_time = time.perf_counter() - start
 
     model.mean_shift.running_mean = mean_displacement(model, spec, ids, args, device, rank, world, channels_last)
