@@ -38,13 +38,16 @@ def check_cam_files(cam_dir, ids, source, flag="--ir_cam_source"):
                         f"(--only {step}) on these ids first, or choose the other {flag}")
 
 
-def images_with_cams(spec, ids, cam_dir, source, desc, worker_idx=0):
+def images_with_cams(spec, ids, cam_dir, source, desc, worker_idx=0, ahead=0):
     """(img_id, RGB image, checked CAM record) of each id, with a progress bar: the loop of the steps that turn
-    CAMs into labels and masks (cam_to_ir_label, cam_to_psa_label, make_sem_seg, make_psa_sem_seg)."""
+    CAMs into labels and masks (cam_to_ir_label, cam_to_psa_label, make_sem_seg, make_psa_sem_seg). The records
+    come from read_cam_records; `ahead` > 0 reads them ahead on a thread, for callers whose own work is numpy
+    and the CRF (a PyTorch network in the calling thread keeps ahead=0: the decoder sets its thread's PyTorch
+    thread count, which must not change under a running network)."""
     made_by = CAM_SOURCE_STEPS[source]
-    for img_id in tqdm(ids, desc=f"{desc}[{worker_idx}]", position=worker_idx):
+    records = read_cam_records(cam_dir, ids, made_by, ahead)
+    for img_id, record in tqdm(records, total=len(ids), desc=f"{desc}[{worker_idx}]", position=worker_idx):
         img = load_image_rgb(spec.image_path(img_id))
-        record = load_cam_npz(cam_file(cam_dir, img_id), made_by)
         check_cam_record(record, img_id, spec.num_classes, img.shape[:2], cam_dir)
         yield img_id, img, record
 
@@ -52,7 +55,12 @@ def images_with_cams(spec, ids, cam_dir, source, desc, worker_idx=0):
 def read_cam_records(cam_dir, ids, made_by, ahead=2):
     """(id, record) of each id in order, read `ahead` records in advance on a thread: decoding a compact record
     (misc/cam_format.py: zlib, PyTorch's resize, a checksum; all release the GIL) overlaps the caller's work on
-    the previous one. Memory stays bounded by `ahead` records."""
+    the previous one. Memory stays bounded by `ahead` records; ahead=0 reads each one in the calling thread when
+    it is needed. The one reader of every CAM consumer (eval_cam and images_with_cams)."""
+    if ahead <= 0:
+        for img_id in ids:
+            yield img_id, load_cam_npz(cam_file(cam_dir, img_id), made_by)
+        return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(1) as pool:

@@ -84,18 +84,30 @@ class IRNet(nn.Module):
 
     def forward(self, x):
         """Image (N, 3, H, W) -> boundary logits (N, 1, ceil(H/4), ceil(W/4)), displacement (N, 2, same)."""
-        x1, x2, x3, x4, x5 = self.backbone_levels(x)
+        levels = self.backbone_levels(x)
+        return self.edge_head(levels), self.displacement_head(levels)
+
+    def boundary_logits(self, x):
+        """The boundary logits of forward(x) alone: the displacement branch (~1/8 of IRNet's operations at
+        inference), which the random walk never reads, is not computed."""
+        return self.edge_head(self.backbone_levels(x))
+
+    def edge_head(self, levels):
+        x1, x2, x3, x4, x5 = levels
         h, w = x2.shape[-2:]  # stride 4; upsampled coarser levels can be 1-3 pixels larger: crop them
         edge = torch.cat([self.fc_edge1(x1), self.fc_edge2(x2), self.fc_edge3(x3)[..., :h, :w],
                           self.fc_edge4(x4)[..., :h, :w], self.fc_edge5(x5)[..., :h, :w]], dim=1)
-        edge = self.fc_edge6(edge)
+        return self.fc_edge6(edge)
 
+    def displacement_head(self, levels):
+        x1, x2, x3, x4, x5 = levels
+        h, w = x2.shape[-2:]
         dp3 = self.fc_dp3(x3)
         h8, w8 = dp3.shape[-2:]
         dp_mid = torch.cat([dp3, self.fc_dp4(x4)[..., :h8, :w8], self.fc_dp5(x5)[..., :h8, :w8]], dim=1)
         dp_mid = self.fc_dp6(dp_mid)[..., :h, :w]
         dp = self.fc_dp7(torch.cat([self.fc_dp1(x1), self.fc_dp2(x2), dp_mid], dim=1))
-        return edge, self.mean_shift(dp)
+        return self.mean_shift(dp)
 
     def trainable_parameters(self):
         """(boundary branch parameters, displacement branch parameters): lr x1 and x10 in IRN."""
@@ -115,7 +127,7 @@ class IRNet(nn.Module):
         pad_h, pad_w = max(0, pad_to - h), max(0, pad_to - w)
         if pad_h or pad_w:
             pair = F.pad(pair, (0, pad_w, 0, pad_h))
-        edge, _ = self(pair)
+        edge = self.boundary_logits(pair)
         edge = edge[..., :fh, :fw].float()  # crop before the flip so that both maps align
         return torch.sigmoid(edge[0, 0] / 2 + edge[1, 0].flip(-1) / 2)
 

@@ -134,42 +134,241 @@ def reference_ir_label(args, ids, cam_dir):
         imageio.imwrite(os.path.join(args.ir_label_out_dir, img_id + ".png"), conf.astype(np.uint8))
 
 
+def reference_sem_seg(args, ids, cam_dir):
+    """IRN/RIB's make_sem_seg_labels: EdgeDisplacement (the pair [image, flip] zero-padded to the 512 crop, IRNet,
+    crop to stride 4, sigmoid of the mean of both boundary logits), the plain record's `cam` ** power, the random
+    walk (net/irn_affinity.propagate_to_edge: the official algorithm without its dense (hw)^2 matrix, the same
+    labels; the dense one takes minutes per image on a CPU), x4 upsample, crop, global max, background threshold,
+    argmax through the keys, mask and palette PNG written. Images larger than the crop are not cropped (IRN's
+    F.pad with a negative size would crop them; none of the VOC images is)."""
+    import imageio.v2 as imageio
+    from PIL import Image
+    from misc import imutils
+    from misc.datasets import MultiScaleDataset, build_spec
+    from net import irn_affinity
+    from net.resnet50_irn import IRNet
+    from torch.utils.data import DataLoader
+    spec = build_spec(args)
+    model = IRNet("none")
+    model.load_state_dict(torch.load(args.irn_weights_path, weights_only=True)["state_dict"])
+    model.eval()
+    crop = args.irn_crop_size if args.sem_seg_pad_to == "crop" else args.sem_seg_pad_to
+    loader = DataLoader(MultiScaleDataset(spec, ids, (1.0,), need_labels=False), batch_size=None, shuffle=False,
+                        num_workers=args.num_workers)
+    palette = imutils.color_palette()
+    os.makedirs(args.sem_seg_out_dir, exist_ok=True)
+    with torch.no_grad():
+        for pack in loader:
+            h, w = pack["size"]
+            x = pack["img"][0]
+            feat_h, feat_w = (h - 1) // 4 + 1, (w - 1) // 4 + 1
+            x = F.pad(x, [0, max(0, crop - x.size(3)), 0, max(0, crop - x.size(2))])
+            edge_out, _ = model(x)
+            edge_out = edge_out[..., :feat_h, :feat_w]
+            edge = torch.sigmoid(edge_out[0] / 2 + edge_out[1].flip(-1) / 2)
+            with np.load(os.path.join(cam_dir, pack["name"] + ".npz")) as d:
+                cams, keys = torch.from_numpy(d["cam"]) ** args.sem_seg_power, np.pad(d["keys"] + 1, (1, 0))
+            rw = irn_affinity.propagate_to_edge(cams, edge[0], radius=5, beta=args.beta, exp_times=args.exp_times)
+            rw_up = F.interpolate(rw, scale_factor=4, mode="bilinear", align_corners=False)[..., 0, :h, :w]
+            rw_up = rw_up / torch.max(rw_up)
+            rw_up_bg = F.pad(rw_up, (0, 0, 0, 0, 1, 0), value=args.sem_seg_bg_thres)
+            rw_pred = keys[torch.argmax(rw_up_bg, dim=0).numpy()].astype(np.uint8)
+            imageio.imwrite(os.path.join(args.sem_seg_out_dir, pack["name"] + ".png"), rw_pred)
+            if args.save_palette:
+                picture = Image.fromarray(rw_pred).convert("P")
+                picture.putpalette(palette)
+                picture.save(os.path.join(args.sem_seg_out_dir, pack["name"] + "_palette.png"))
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+STEPS = ("make_cam", "cam_to_ir_label", "make_sem_seg")
+
+
+def real_ids(opt):
+    root = opt.voc12_root
+    return sorted(f[:-4] for f in os.listdir(os.path.join(root, "SegmentationClassAug")))[:opt.images]
+
+
+def save_random_irnet(path):
+    from misc.fileio import save_checkpoint
+    from net.resnet50_irn import IRNet
+    torch.manual_seed(0)
+    save_checkpoint(path, IRNet("none").state_dict(), crop_size=512, radius=10)
+
+
+def same_pngs(dir_a, dir_b, ids, suffix=".png"):
+    return all(np.array_equal(_png(os.path.join(dir_a, i + suffix)), _png(os.path.join(dir_b, i + suffix)))
+               for i in ids)
+
+
 def bench_ratio(opt, work):
     from conftest import save_random_classifier
-    from step import cam_to_ir_label, make_cam
-    root = opt.voc12_root
-    ids = sorted(f[:-4] for f in os.listdir(os.path.join(root, "SegmentationClassAug")))[:opt.images]
-    best = {k: float("inf") for k in ("make_cam", "make_cam_ref", "ir_label", "ir_label_ref")}
+    from step import cam_to_ir_label, make_cam, make_sem_seg_labels
+    root, ids = opt.voc12_root, real_ids(opt)
+    best = {k: float("inf") for s in STEPS for k in (s, s + "_ref")}
+    same = {"ir_label": True, "sem_seg": True, "palette": True}
     for r in range(opt.repeat):
         base = os.path.join(work, f"ratio{r}")
         args = voc_args(base, root, ids, cam_scales=opt.scales)
         save_random_classifier(args.cam_weights_path, num_classes=20, seed=0)
+        save_random_irnet(args.irn_weights_path)
         ref = voc_args(base + "_ref", root, ids, cam_scales=opt.scales, cam_weights_name=args.cam_weights_path)
-        best["make_cam"] = min(best["make_cam"], timed(lambda: make_cam.run(args)))
-        best["make_cam_ref"] = min(best["make_cam_ref"], timed(lambda: reference_make_cam(ref, ids)))
+        ref.irn_weights_path = args.irn_weights_path
         args.ir_cam_source = ref.ir_cam_source = "cam"
-        best["ir_label"] = min(best["ir_label"], timed(lambda: cam_to_ir_label.run(args)))
-        best["ir_label_ref"] = min(best["ir_label_ref"],
-                                   timed(lambda: reference_ir_label(ref, ids, ref.cam_out_dir)))
-        same = all(np.array_equal(np.asarray(_png(os.path.join(args.ir_label_out_dir, i + ".png"))),
-                                  np.asarray(_png(os.path.join(ref.ir_label_out_dir, i + ".png")))) for i in ids)
-        best["ir_labels_identical"] = same
+        # alternately, the step first on even repeats and the reference first on odd ones
+        runs = {"make_cam": (lambda: make_cam.run(args), lambda: reference_make_cam(ref, ids)),
+                "cam_to_ir_label": (lambda: cam_to_ir_label.run(args),
+                                    lambda: reference_ir_label(ref, ids, ref.cam_out_dir)),
+                "make_sem_seg": (lambda: make_sem_seg_labels.run(args),
+                                 lambda: reference_sem_seg(ref, ids, ref.cam_out_dir))}
+        for step in STEPS:
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for which in order:
+                key = step if which == 0 else step + "_ref"
+                best[key] = min(best[key], timed(runs[step][which]))
+        same["ir_label"] &= same_pngs(args.ir_label_out_dir, ref.ir_label_out_dir, ids)
+        same["sem_seg"] &= same_pngs(args.sem_seg_out_dir, ref.sem_seg_out_dir, ids)
+        same["palette"] &= same_pngs(args.sem_seg_out_dir, ref.sem_seg_out_dir, ids, "_palette.png")
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(base + "_ref", ignore_errors=True)
     n = len(ids)
-    print(f"\n{n} real VOC images, cam scales {opt.scales}, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"\nratio: {n} real VOC images, cam scales {opt.scales}, best of {opt.repeat}, torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     print("| step | this project s/image | reference s/image | ratio |\n|---|---|---|---|")
-    for step in ("make_cam", "ir_label"):
+    for step in STEPS:
         a, b = best[step] / n, best[step + "_ref"] / n
-        print(f"| {step} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
-    print(f"IR labels identical to the reference's: {best['ir_labels_identical']}")
+        print(f"| {step} | {a:.3f} | {b:.3f} | {a / b:.3f} |")
+    print(f"IR labels identical to the reference's: {same['ir_label']}; sem_seg masks identical: "
+          f"{same['sem_seg']}; palette PNGs identical: {same['palette']}")
+    if not all(same.values()):
+        raise SystemExit("the step's outputs differ from the reference's")
+
+
+# --- profile: fixed and per-image costs of each step's run(args) ---------------------------------------------
+
+# (label, fixed?, [(module path suffix, function name, caller function name or None)]): the time of a part is the
+# cumulative time of its functions (when called from `caller`); what is left of run(args) is "rest".
+PARTS = {
+    "make_cam": [
+        ("id list, dataset, image checks", True, [("misc/datasets.py", "load_id_list", "run"),
+                                                  ("misc/datasets.py", "build_spec", None),
+                                                  ("misc/datasets.py", "check_ids", None),
+                                                  ("misc/resume.py", "pending", None),
+                                                  ("misc/fileio.py", "check_writable_dir", None)]),
+        ("settings record", True, [("misc/resume.py", "prepare", None)]),
+        ("classifier load", True, [("net/resnet50_cam.py", "load_classifier", None)]),
+        ("DataLoader start", True, [("torch/utils/data/dataloader.py", "__iter__", None),
+                                    ("torch/utils/data/dataloader.py", "__init__", "_work")]),
+        ("decode + scale pyramid", False, [("misc/datasets.py", "__getitem__", None)]),
+        ("forward (4 scales x flip)", False, [("misc/cams.py", "multiscale_cam_maps", None)]),
+        ("resize + sum", False, [("misc/cams.py", "resize_and_sum", None)]),
+        ("record encode + write", False, [("misc/cams.py", "write_cam_record", None)]),
+    ],
+    "cam_to_ir_label": [
+        ("id list, dataset, checks", True, [("misc/datasets.py", "load_id_list", "run"),
+                                            ("misc/datasets.py", "build_spec", None),
+                                            ("misc/datasets.py", "check_ids", None),
+                                            ("misc/cams.py", "check_cam_files", None),
+                                            ("misc/resume.py", "pending", None),
+                                            ("misc/fileio.py", "check_writable_dir", None)]),
+        ("settings record", True, [("misc/resume.py", "prepare", None)]),
+        ("image decode", False, [("misc/fileio.py", "load_image_rgb", None)]),
+        ("record read + decode", False, [("misc/fileio.py", "load_cam_npz", None)]),
+        ("dense CRF (x2)", False, [("misc/crf.py", "crf_inference_label", None)]),
+        ("seeds + combine", False, [("step/cam_to_ir_label.py", "ir_label", None)]),
+        ("PNG write", False, [("misc/fileio.py", "save_png", None)]),
+    ],
+    "make_sem_seg": [
+        ("id list, dataset, checks", True, [("misc/datasets.py", "load_id_list", "run"),
+                                            ("misc/datasets.py", "build_spec", None),
+                                            ("misc/datasets.py", "check_ids", None),
+                                            ("misc/cams.py", "check_cam_files", None),
+                                            ("misc/resume.py", "pending", None),
+                                            ("misc/fileio.py", "check_writable_dir", None)]),
+        ("settings record", True, [("misc/resume.py", "prepare", None)]),
+        ("IRNet load", True, [("net/resnet50_irn.py", "load_irnet", None),
+                              ("misc/fileio.py", "load_checkpoint", "run")]),
+        ("image decode", False, [("misc/fileio.py", "load_image_rgb", None)]),
+        ("record read + decode", False, [("misc/fileio.py", "load_cam_npz", None)]),
+        ("normalise pair", False, [("misc/imutils.py", "scale_pyramid", None)]),
+        ("IRNet boundary (pair)", False, [("net/resnet50_irn.py", "boundary_map", None)]),
+        ("random walk", False, [("net/irn_affinity.py", "propagate_to_edge", None)]),
+        ("upsample + labels", False, [("step/make_sem_seg_labels.py", "walk_to_labels", None)]),
+        ("PNG writes", False, [("misc/fileio.py", "write", None)]),
+    ],
+}
+# parts measured inside another part's functions: subtracted from the outer one
+NESTED = {("cam_to_ir_label", "seeds + combine"): ("dense CRF (x2)",)}
+
+
+def part_seconds(stats, specs):
+    total = 0.0
+    for suffix, func, caller in specs:
+        for (path, _, name), (_, _, _, cum, callers) in stats.stats.items():
+            if name != func or not path.replace(os.sep, "/").endswith(suffix):
+                continue
+            if caller is None:
+                total += cum
+            else:
+                total += sum(v[3] for (_, _, c), v in callers.items() if c == caller)
+    return total
+
+
+def import_seconds(module):
+    """Seconds of importing `module` in a fresh interpreter after torch, numpy and PIL (which the reference loops
+    import too): its cumulative line in python -X importtime."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import torch, numpy, PIL.Image; import {module}"],
+                         cwd=REPO, check=True, capture_output=True, text=True).stderr
+    line = [t for t in out.splitlines() if t.rstrip().endswith("| " + module)][-1]
+    return int(line.split("|")[1]) / 1e6
+
+
+def bench_profile(opt, work):
+    import cProfile
+    import pstats
+    from conftest import save_random_classifier
+    from step import cam_to_ir_label, make_cam, make_sem_seg_labels
+    ids = real_ids(opt)
+    args = voc_args(os.path.join(work, "profile"), opt.voc12_root, ids, cam_scales=opt.scales)
+    save_random_classifier(args.cam_weights_path, num_classes=20, seed=0)
+    save_random_irnet(args.irn_weights_path)
+    args.ir_cam_source = "cam"
+    runs = {"make_cam": make_cam.run, "cam_to_ir_label": cam_to_ir_label.run, "make_sem_seg": make_sem_seg_labels.run}
+    modules = {"make_cam": "step.make_cam", "cam_to_ir_label": "step.cam_to_ir_label",
+               "make_sem_seg": "step.make_sem_seg_labels"}
+    n = len(ids)
+    print(f"\nprofile: run(args) of each step under cProfile on {n} real VOC images, cam scales {opt.scales}, "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+    for step in STEPS:
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.enable()
+        runs[step](args)
+        profiler.disable()
+        wall = time.perf_counter() - start
+        stats = pstats.Stats(profiler)
+        parts = {label: part_seconds(stats, specs) for label, _, specs in PARTS[step]}
+        for (s, outer), inner in NESTED.items():
+            if s == step:
+                parts[outer] -= sum(parts[i] for i in inner)
+        fixed = {label: parts[label] for label, is_fixed, _ in PARTS[step] if is_fixed}
+        per_image = {label: parts[label] for label, is_fixed, _ in PARTS[step] if not is_fixed}
+        rest = wall - sum(parts.values())
+        print(f"\n{step}: {wall:.2f} s for {n} images under the profiler; fixed {sum(fixed.values()):.3f} s, "
+              f"per image {sum(per_image.values()) / n:.3f} s, rest (loop, tqdm, profiler) {rest:.3f} s; "
+              f"a fresh process imports {modules[step]} in {import_seconds(modules[step]):.3f} s after torch, "
+              f"numpy and PIL")
+        print("| part | kind | seconds in all | s/image |\n|---|---|---|---|")
+        for label, is_fixed, _ in PARTS[step]:
+            kind = "fixed" if is_fixed else "per image"
+            print(f"| {label} | {kind} | {parts[label]:.3f} | {'' if is_fixed else f'{parts[label] / n:.3f}'} |")
+        print(f"| rest | - | {rest:.3f} | |")
 
 
 def _png(path):
@@ -205,17 +404,17 @@ def synthetic_coco_sized(folder, count, seed=0):
 
 def bench_memory(opt, work):
     from conftest import save_random_classifier
-    from misc.fileio import save_checkpoint
-    from net.resnet50_irn import IRNet
     from step import cam_to_ir_label, make_cam, make_sem_seg_labels
     data = os.path.join(work, "coco_sized")
     ids = synthetic_coco_sized(data, opt.memory_images)
-    args = voc_args(os.path.join(work, "memory"), data, ids, cam_scales=opt.scales,
-                    cls_labels=os.path.join(data, "cls_labels.npz"))
+    # COCO's setting for the walk: IRNet sees the image unpadded (the official COCO code)
+    args = voc_args(os.path.join(work, "memory"), data, ids, cam_scales=opt.memory_scales,
+                    cls_labels=os.path.join(data, "cls_labels.npz"), sem_seg_pad_to=0)
     save_random_classifier(args.cam_weights_path, num_classes=20, seed=0)
-    torch.manual_seed(0)
-    save_checkpoint(args.irn_weights_path, IRNet("none").state_dict(), crop_size=512, radius=10)
+    save_random_irnet(args.irn_weights_path)
     args.ir_cam_source = "cam"
+    os.environ["OMP_NUM_THREADS"] = str(opt.memory_threads)
+    torch.set_num_threads(opt.memory_threads)
     rows = []
     for name, fn, folder, suffix in (("make_cam", make_cam.run, args.cam_out_dir, ".npz"),
                                      ("cam_to_ir_label", cam_to_ir_label.run, args.ir_label_out_dir, ".png"),
@@ -230,9 +429,9 @@ def bench_memory(opt, work):
         if name == "make_cam":
             sizes = [os.path.getsize(os.path.join(folder, i + ".npz")) for i in ids]
             cam_bytes = float(np.mean(sizes))
-    print(f"\n{len(ids)} synthetic 640 x 480 images, 3 classes each, cam scales {opt.scales}, torch threads "
-          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; compact CAM record "
-          f"{cam_bytes:,.0f} bytes/image")
+    print(f"\nmemory: {len(ids)} synthetic 640 x 480 images, 3 classes each, cam scales {opt.memory_scales}, "
+          f"IRNet input unpadded (COCO), torch threads {torch.get_num_threads()}, load average "
+          f"{os.getloadavg()[0]:.2f}; compact CAM record {cam_bytes:,.0f} bytes/image")
     print("| step | RSS before MiB | after 10 % | after 50 % | after 100 % | peak | s/image |\n"
           "|---|---|---|---|---|---|---|")
     for r in rows:
@@ -241,20 +440,29 @@ def bench_memory(opt, work):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="ratio,memory")
+    p.add_argument("--parts", default="ratio,profile,memory",
+                   help="comma list of ratio, profile, memory")
     p.add_argument("--voc12_root", default=os.path.join(REPO, "..", "shared", "data", "voc12_subset"))
     p.add_argument("--images", type=int, default=6)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--memory_images", type=int, default=200)
     p.add_argument("--scales", default="1.0,0.5,1.5,2.0")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the ratio and profile parts")
+    p.add_argument("--memory_scales", default="1.0",
+                   help="make_cam's scales in the memory part (the four scales take ~20 s per 640 x 480 image)")
+    p.add_argument("--memory_threads", type=int, default=2)
     opt = p.parse_args()
+    # the steps' CPU workers take OMP_NUM_THREADS threads (misc/torchutils.set_cpu_threads): the same count for
+    # the steps and the reference loops
+    os.environ["OMP_NUM_THREADS"] = str(opt.threads)
     import conftest  # noqa: F401  (it sets 2 threads on import: set ours after it)
     torch.set_num_threads(opt.threads)
     work = tempfile.mkdtemp(prefix="bench_steps_")
     try:
         if "ratio" in opt.parts:
             bench_ratio(opt, work)
+        if "profile" in opt.parts:
+            bench_profile(opt, work)
         if "memory" in opt.parts:
             bench_memory(opt, work)
     finally:

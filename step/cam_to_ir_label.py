@@ -2,7 +2,8 @@
 
 For each image of --infer_list, from the `high_res` maps of result/cam or result/cam_rib (--ir_cam_source):
 - confident foreground: argmax over [background plane = --conf_fg_thres (0.35), class maps], refined by dense CRF;
-- confident background: the same with --conf_bg_thres (0.17), a lower plane, so more pixels are foreground;
+- confident background: the same with --conf_bg_thres (0.17), a lower plane, so more pixels are foreground
+  (both CRFs share the set-up of the image's pairwise terms: the same labels as two separate CRFs);
 - label = the foreground CRF's class where it says foreground, 0 where both CRFs say background, 255 (unsure)
   where only the low-threshold CRF says foreground.
 Writes result/ir_label/<id>.png (uint8: 0 background, 1..C classes, 255 unsure). IRN's own thresholds are 0.30 /
@@ -18,7 +19,7 @@ import numpy as np
 
 from misc import dist, resume
 from misc.cams import cam_dir as source_dir, check_cam_files, images_with_cams
-from misc.crf import crf_inference_label
+from misc.crf import crf_inference_labels
 from misc.datasets import build_spec, load_id_list
 from misc.fileio import check_writable_dir, save_png
 
@@ -29,11 +30,9 @@ def label_path(args, img_id):
     return os.path.join(args.ir_label_out_dir, img_id + ".png")
 
 
-def confident_labels(img, high_res, keys, threshold):
-    """argmax over [threshold plane, class maps], refined by dense CRF, mapped to 0 / 1..C."""
-    seed = np.pad(high_res, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=threshold).argmax(axis=0)
-    refined = crf_inference_label(img, seed, n_labels=len(keys) + 1)
-    return np.concatenate([[0], keys + 1])[refined]
+def seed_labels(high_res, threshold):
+    """argmax over [threshold plane, class maps]: 0 background, 1..n the record's classes."""
+    return np.pad(high_res, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=threshold).argmax(axis=0)
 
 
 def ir_label(img, record, fg_thres, bg_thres):
@@ -41,8 +40,10 @@ def ir_label(img, record, fg_thres, bg_thres):
     keys, high_res = record["keys"], record["high_res"]
     if len(keys) == 0:  # no class: everything is confidently background
         return np.zeros(img.shape[:2], dtype=np.uint8)
-    fg_conf = confident_labels(img, high_res, keys, fg_thres)
-    bg_conf = confident_labels(img, high_res, keys, bg_thres)
+    # both seeds refined by dense CRF (one set-up of the image's pairwise terms), mapped to 0 / 1..C
+    refined = crf_inference_labels(img, [seed_labels(high_res, fg_thres), seed_labels(high_res, bg_thres)],
+                                   n_labels=len(keys) + 1)
+    fg_conf, bg_conf = (np.concatenate([[0], keys + 1])[r] for r in refined)
     label = fg_conf.copy()
     label[fg_conf == 0] = 255  # not confident foreground: unsure ...
     label[(fg_conf == 0) & (bg_conf == 0)] = 0  # ... unless even the low threshold says background
@@ -53,7 +54,7 @@ def _work(worker_idx, ids, device, args):
     if not ids:
         return
     cams = images_with_cams(build_spec(args), ids, source_dir(args, args.ir_cam_source), args.ir_cam_source,
-                            "cam_to_ir_label", worker_idx)
+                            "cam_to_ir_label", worker_idx, ahead=2)
     for img_id, img, record in cams:
         save_png(label_path(args, img_id), ir_label(img, record, args.conf_fg_thres, args.conf_bg_thres))
 

@@ -34,7 +34,7 @@ def _work(worker_idx, ids, device, args):
     if not ids:
         return
     cams = images_with_cams(build_spec(args), ids, source_dir(args, args.psa_cam_source), args.psa_cam_source,
-                            "cam_to_psa_label", worker_idx)
+                            "cam_to_psa_label", worker_idx, ahead=2)
     for img_id, img, record in cams:
         save_png(label_path(args, img_id), psa_label(img, record, args.psa_low_alpha, args.psa_high_alpha))
 

@@ -49,10 +49,11 @@ def run(args):
                    inputs=[("classifier", args.cam_weights_path, "file")])
     todo = resume.pending(ids, lambda i: cam_file(args.cam_out_dir, i))
     spec.check_ids(todo, "--infer_list")
-    if todo:
-        load_classifier(args.cam_weights_path, spec.num_classes)  # fail now, not in every worker
+    devices = dist.local_devices(args.device, 0)
+    if todo and len(devices) > 1:  # fail now, not in every worker (one worker runs here and loads it first)
+        load_classifier(args.cam_weights_path, spec.num_classes)
     log.info("make_cam: %d of %d images to do (%d already done)", len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
-    dist.run_sharded(_work, todo, args, dist.local_devices(args.device, 0))
+    dist.run_sharded(_work, todo, args, devices)
     elapsed = time.perf_counter() - start
     log.info("make_cam: %d images in %.1f s (%.3f s/image)", len(todo), elapsed, elapsed / max(len(todo), 1))

@@ -59,10 +59,11 @@ def walk_to_labels(walk, keys, size, bg_thres, with_score=False):
     threshold is compared with."""
     up = None if walk is None or len(keys) == 0 else \
         F.interpolate(walk, scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :size[0], :size[1]]
-    if up is None or not up.max() > 0:  # all-zero CAMs: nothing to propagate, everything is background
+    peak = None if up is None else up.max()
+    if peak is None or not peak > 0:  # all-zero CAMs: nothing to propagate, everything is background
         labels = np.zeros(size, dtype=np.int64)
         return (labels, np.zeros(size, dtype=np.uint8)) if with_score else labels
-    normed = up / up.max()
+    normed = up / peak
     scores = F.pad(normed, (0, 0, 0, 0, 1, 0), value=bg_thres)
     labels = np.concatenate([[0], np.asarray(keys) + 1])[scores.argmax(dim=0).cpu().numpy()]
     if not with_score:
@@ -116,15 +117,17 @@ def run(args):
     files = output_files(args)
     todo = resume.pending(ids, files.paths)
     spec.check_ids(todo, "--infer_list", need_labels=False)
+    devices = dist.image_workers(args.device, args.num_workers, len(todo))
     if todo:
         check_cam_files(cam_dir, todo, args.ir_cam_source)
-        load_checkpoint(args.irn_weights_path, "IRNet checkpoint", made_by="train_irn")  # fail before spawning
+        if len(devices) > 1:  # fail before spawning (one worker runs here and loads it first)
+            load_checkpoint(args.irn_weights_path, "IRNet checkpoint", made_by="train_irn")
     log.info("make_sem_seg from %s (power %.2f, beta %g, 2^%d steps, bg %.2f): %d of %d images to do "
              "(%d already done)", cam_dir, args.sem_seg_power, args.beta, args.exp_times, args.sem_seg_bg_thres,
              len(todo), len(ids), len(ids) - len(todo))
     start = time.perf_counter()
     if todo:
-        dist.run_sharded(_work, todo, args, dist.image_workers(args.device, args.num_workers, len(todo)))
+        dist.run_sharded(_work, todo, args, devices)
     elapsed = time.perf_counter() - start
     log.info("make_sem_seg: %d images in %.1f s (%.2f s/image)", len(todo), elapsed, elapsed / max(len(todo), 1))
     return len(todo)

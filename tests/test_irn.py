@@ -138,12 +138,15 @@ def test_irnet_shapes_and_flip_alignment():
     from net.resnet50_irn import IRNet
     torch.manual_seed(0)
     model = IRNet().eval()
-    edge, dp = model(torch.randn(1, 3, 61, 77))
+    x = torch.randn(1, 3, 61, 77)
+    edge, dp = model(x)
     assert edge.shape == (1, 1, 16, 20) and dp.shape == (1, 2, 16, 20)
+    with torch.inference_mode():  # make_sem_seg's boundary without the displacement branch: the same bits
+        assert torch.equal(model.boundary_logits(x), edge)
     # With a flip-equivariant stand-in network (a 4x4 mean of the first channel), the merged map of [image,
     # flipped image] padded to 64 must equal the stand-in's map of the image: the flipped map is cropped to
     # the image before it is flipped back (flipping the padded map would shift it by the padding).
-    model.forward = lambda x: (F.avg_pool2d(x[:, :1], 4), None)
+    model.boundary_logits = lambda x: F.avg_pool2d(x[:, :1], 4)
     img = torch.randn(3, 32, 40)
     merged = model.boundary_map(torch.stack([img, img.flip(-1)]), pad_to=64)
     assert merged.shape == (8, 10)
@@ -168,9 +171,32 @@ def test_crf_keeps_a_ground_truth_like_label_map(voc_root):
     assert np.all(crf_inference_label(img, np.zeros(gt.shape, int), n_labels=1) == 0)
 
 
+def test_crf_of_several_maps_equals_one_crf_each(voc_root):
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+    from misc.crf import crf_inference_labels
+    from misc.fileio import load_image_rgb
+    img_id = train_subset_ids(1)[0]
+    img = load_image_rgb(os.path.join(voc_root, "JPEGImages", img_id + ".jpg"))[:160, :200].copy()
+    h, w = img.shape[:2]
+    maps = [np.add.outer(np.arange(h) // s, np.arange(w) // (s + 7)) % 3 for s in (20, 45)]
+
+    def one_crf(labels):  # the CRF of IRN's crf_inference_label, set up for this map alone
+        crf = dcrf.DenseCRF2D(w, h, 3)
+        crf.setUnaryEnergy(unary_from_labels(labels, 3, gt_prob=0.7, zero_unsure=False))
+        crf.addPairwiseGaussian(sxy=3, compat=3)
+        crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=img, compat=10)
+        return np.argmax(np.asarray(crf.inference(10)).reshape(3, h, w), axis=0)
+    shared = crf_inference_labels(img, maps, n_labels=3)
+    assert len(shared) == 2
+    for labels, out in zip(maps, shared):
+        expected = one_crf(labels)
+        assert np.array_equal(out, expected) and (expected != labels).any()  # the CRF did change labels
+
+
 def test_ir_label_combines_confident_maps(monkeypatch):
     from step import cam_to_ir_label
-    monkeypatch.setattr(cam_to_ir_label, "crf_inference_label", lambda img, labels, n_labels: labels)
+    monkeypatch.setattr(cam_to_ir_label, "crf_inference_labels", lambda img, maps, n_labels: list(maps))
     high_res = np.array([[[0.5, 0.2, 0.1, 0.0]]], np.float32)  # one class (index 4 -> label 5)
     record = {"keys": np.array([4]), "high_res": high_res}
     label = cam_to_ir_label.ir_label(np.zeros((1, 4, 3), np.uint8), record, fg_thres=0.35, bg_thres=0.17)
