@@ -250,14 +250,20 @@ def random_walk_lean(x, edge, radius=5, beta=10.0, exp_times=8, dtype=torch.floa
 def stencil_walk(y, offsets, weights, radius, steps):
     """`steps` times y <- sum_k weights[k] * (y shifted by offsets[k], zero outside the grid), for y (C, h, w):
     y @ T**steps without the dense matrix, T the transition whose rows are the stencil `weights` (K, h, w).
-    Shared by IRN's and PSA's lean walks."""
+    Shared by IRN's and PSA's lean walks. One zero-bordered grid and two output grids are allocated once and
+    reused by every step (the same sums in the same order as padding a fresh copy each step); y is not changed."""
     h, w = y.shape[-2:]
     rf = int(radius) - 1
-    for _ in range(steps):
-        padded = F.pad(y, (rf, rf, rf, rf))
-        nxt = torch.zeros_like(y)
-        for (dy, dx), wk in zip(offsets, weights):
-            nxt.addcmul_(padded[:, rf + dy:rf + dy + h, rf + dx:rf + dx + w], wk)
+    padded = y.new_zeros(y.shape[:-2] + (h + 2 * rf, w + 2 * rf))
+    inner = padded[..., rf:rf + h, rf:rf + w]
+    shifted = [padded[..., rf + dy:rf + dy + h, rf + dx:rf + dx + w] for dy, dx in offsets]
+    grids = (torch.empty_like(y), torch.empty_like(y))
+    for step in range(steps):
+        nxt = grids[step % 2]
+        inner.copy_(y)
+        nxt.zero_()
+        for view, wk in zip(shifted, weights):
+            nxt.addcmul_(view, wk)
         y = nxt
     return y
 

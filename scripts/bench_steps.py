@@ -1,17 +1,26 @@
-"""Per-image CPU throughput of make_cam and cam_to_ir_label against faithful reference loops (the official IRN
-scripts' structure), and the memory of make_cam, cam_to_ir_label and make_sem_seg over a long COCO-sized list.
+"""Per-image CPU throughput of make_cam, cam_to_ir_label and make_sem_seg against faithful reference loops (the
+official IRN scripts' structure), where their time goes, and their memory over a long COCO-sized list.
 
-    python scripts/bench_steps.py --images 6 --repeat 2            # ratio on real VOC images
-    python scripts/bench_steps.py --parts memory --memory_images 200
+    python scripts/bench_steps.py --images 6 --repeat 2 --memory_images 200     # all three parts
+    python scripts/bench_steps.py --parts profile --images 3                    # one part
 
-ratio: the step's own run(args) (fixed costs included: settings record, classifier load, DataLoader, writing the
-compact records) and the reference loop (IRN's make_cam / cam_to_ir_label: Net + load_state_dict, a DataLoader of
-the same multi-scale packs, flip-merged maps, stride-4 and stride-16-cover resizes, max-normalised, the plain
-float32 record written; the IR label from plain records with the same two CRFs) on the same real VOC images of
---voc12_root, alternately, best of --repeat; one thread (a second one spin-waits on a busy machine); a random
-BN-calibrated ResNet-50 (20 classes). memory: the three steps in this process on --memory_images synthetic 640 x 480
-JPEGs with 3 of the 20 VOC classes each (random classifier and IRNet), the resident set sampled every 0.1 s with
-the count of outputs written, so the table shows RSS after 10 %, 50 % and 100 % of the list.
+ratio: each step's own run(args) (fixed costs included: settings record, network load, DataLoader, checks, the
+compact records) and a reference loop on the same real VOC images of --voc12_root, alternately, best of --repeat:
+IRN's make_cam (Net + load_state_dict, a DataLoader of the same multi-scale packs, flip-merged maps, stride-4 and
+stride-16-cover resizes, max-normalised, the plain float32 record written), cam_to_ir_label (from those plain
+records, the two CRFs of IRN's crf_inference_label), make_sem_seg_labels (EdgeDisplacement: IRNet's full forward
+on the pair padded to the 512 crop, cam ** 1.3, the random walk, x4 upsample, background threshold, mask and
+palette PNG). The IR labels, masks and palette PNGs of both sides are compared (the script fails if they differ).
+One thread (OMP_NUM_THREADS too, which the steps' workers take); a random BN-calibrated ResNet-50 (20 classes)
+and a random IRNet.
+profile: each step's run(args) once under cProfile on the same images; the cumulative time of its functions split
+into fixed costs (list and image checks, settings record, network load, DataLoader start) and per-image costs
+(decode, forward, resize, record write, CRF, walk, PNG writes), plus each step module's import time in a fresh
+process after torch, numpy and PIL.
+memory: the three steps in this process on --memory_images synthetic 640 x 480 JPEGs with 3 of the 20 VOC classes
+each (random classifier and IRNet; make_cam at --memory_scales, IRNet's input unpadded as COCO's), the resident set
+sampled every 0.1 s with the count of outputs written, so the table shows RSS after 10 %, 50 % and 100 % of the
+list.
 """
 import argparse
 import os
@@ -265,7 +274,7 @@ PARTS = {
         ("DataLoader start", True, [("torch/utils/data/dataloader.py", "__iter__", None),
                                     ("torch/utils/data/dataloader.py", "__init__", "_work")]),
         ("decode + scale pyramid", False, [("misc/datasets.py", "__getitem__", None)]),
-        ("forward (4 scales x flip)", False, [("misc/cams.py", "multiscale_cam_maps", None)]),
+        ("forward (each scale: image + flip)", False, [("misc/cams.py", "multiscale_cam_maps", None)]),
         ("resize + sum", False, [("misc/cams.py", "resize_and_sum", None)]),
         ("record encode + write", False, [("misc/cams.py", "write_cam_record", None)]),
     ],
@@ -279,7 +288,7 @@ PARTS = {
         ("settings record", True, [("misc/resume.py", "prepare", None)]),
         ("image decode", False, [("misc/fileio.py", "load_image_rgb", None)]),
         ("record read + decode", False, [("misc/fileio.py", "load_cam_npz", None)]),
-        ("dense CRF (x2)", False, [("misc/crf.py", "crf_inference_label", None)]),
+        ("dense CRF (2 inferences, one set-up)", False, [("misc/crf.py", "crf_inference_labels", None)]),
         ("seeds + combine", False, [("step/cam_to_ir_label.py", "ir_label", None)]),
         ("PNG write", False, [("misc/fileio.py", "save_png", None)]),
     ],
@@ -303,7 +312,7 @@ PARTS = {
     ],
 }
 # parts measured inside another part's functions: subtracted from the outer one
-NESTED = {("cam_to_ir_label", "seeds + combine"): ("dense CRF (x2)",)}
+NESTED = {("cam_to_ir_label", "seeds + combine"): ("dense CRF (2 inferences, one set-up)",)}
 
 
 def part_seconds(stats, specs):

@@ -111,6 +111,26 @@ def test_stencil_affinity_equals_official_dense_affinity():
     assert torch.equal(irn_affinity.stencil_to_dense(offsets, aff), irn_affinity.dense_affinity(edge, 5))
 
 
+def test_stencil_walk_reuses_its_grids_without_changing_a_bit():
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(3)
+    edge = _blobby_edge(23, 31).double()
+    offsets, aff = irn_affinity.affinity_stencil(edge, 5)
+    weights = aff.pow(10.0)
+    weights = weights / weights.sum(dim=0, keepdim=True)
+    x = torch.rand(3, 23, 31, generator=g, dtype=torch.float64)
+    before = x.clone()
+    expected = x  # the plain form: a fresh zero-padded copy and a fresh output every step
+    for _ in range(16):
+        padded = F.pad(expected, (4, 4, 4, 4))
+        nxt = torch.zeros_like(expected)
+        for (dy, dx), wk in zip(offsets, weights):
+            nxt.addcmul_(padded[:, 4 + dy:4 + dy + 23, 4 + dx:4 + dx + 31], wk)
+        expected = nxt
+    assert torch.equal(irn_affinity.stencil_walk(x, offsets, weights, 5, 16), expected)
+    assert torch.equal(x, before) and irn_affinity.stencil_walk(x, offsets, weights, 5, 0) is x
+
+
 def test_lean_walk_equals_dense_walk_and_labels():
     from argparse import Namespace
     from step.make_sem_seg_labels import pseudo_mask
