@@ -378,6 +378,13 @@ def bench_profile(opt, work):
             kind = "fixed" if is_fixed else "per image"
             print(f"| {label} | {kind} | {parts[label]:.3f} | {'' if is_fixed else f'{parts[label] / n:.3f}'} |")
         print(f"| rest | - | {rest:.3f} | |")
+    # with --num_workers >= 2, cam_to_ir_label and make_sem_seg run their images in spawned processes (make_cam:
+    # one per GPU): each starts an interpreter and imports torch and the step; a worker with no ids costs just that
+    from misc import dist
+    start = time.perf_counter()
+    dist.run_sharded(cam_to_ir_label._work, [], args, ["cpu", "cpu"])
+    print(f"\nspawning 2 CPU workers (--num_workers 2; interpreter + imports, no images): "
+          f"{time.perf_counter() - start:.2f} s, a fixed cost only of multi-process runs (none above)")
 
 
 def _png(path):
