@@ -48,10 +48,11 @@ def rss_mib():
 
 
 class RssMonitor:
-    """(outputs written, RSS MiB) every 0.1 s while a step runs."""
+    """(outputs written, RSS MiB) every 0.1 s while a step runs; a progress line at every 10 % of `total`."""
 
-    def __init__(self, folder, suffix):
+    def __init__(self, folder, suffix, name="", total=0):
         self.folder, self.suffix, self.samples, self.stop = folder, suffix, [], threading.Event()
+        self.name, self.total, self.shown = name, total, 0
 
     def __enter__(self):
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -65,6 +66,10 @@ class RssMonitor:
             except OSError:
                 n = 0
             self.samples.append((n, rss_mib()))
+            if self.total and n * 10 >= (self.shown + 1) * self.total:
+                self.shown = n * 10 // self.total
+                print(f"  {self.name}: {n}/{self.total} outputs, RSS {self.samples[-1][1]:.0f} MiB, peak so far "
+                      f"{self.peak():.0f} MiB, {time.strftime('%H:%M:%S')}", flush=True)
             self.stop.wait(0.1)
 
     def __exit__(self, *exc):
@@ -440,27 +445,24 @@ def bench_memory(opt, work):
     args.ir_cam_source = "cam"
     os.environ["OMP_NUM_THREADS"] = str(opt.memory_threads)
     torch.set_num_threads(opt.memory_threads)
-    rows = []
+    print(f"\nmemory: {len(ids)} synthetic 640 x 480 images, 3 classes each, cam scales {opt.memory_scales}, "
+          f"IRNet input unpadded (COCO), torch threads {torch.get_num_threads()}, load average "
+          f"{os.getloadavg()[0]:.2f} (each row printed when its step ends, progress lines every 10 %)", flush=True)
+    print("| step | RSS before MiB | after 10 % | after 50 % | after 100 % | peak | s/image |\n"
+          "|---|---|---|---|---|---|---|", flush=True)
     for name, fn, folder, suffix in (("make_cam", make_cam.run, args.cam_out_dir, ".npz"),
                                      ("cam_to_ir_label", cam_to_ir_label.run, args.ir_label_out_dir, ".png"),
                                      ("make_sem_seg", make_sem_seg_labels.run, args.sem_seg_out_dir, ".png")):
         os.makedirs(folder, exist_ok=True)
         start_rss = rss_mib()
-        with RssMonitor(folder, suffix) as mon:
-            seconds = timed(lambda: fn(args))
         n = len(ids) * (2 if name == "make_sem_seg" else 1)  # mask + palette picture
-        rows.append((name, start_rss, mon.at(0.1, n), mon.at(0.5, n), mon.at(1.0, n), mon.peak(),
-                     seconds / len(ids)))
+        with RssMonitor(folder, suffix, name, n) as mon:
+            seconds = timed(lambda: fn(args))
+        print(f"| {name} | {start_rss:.0f} | {mon.at(0.1, n):.0f} | {mon.at(0.5, n):.0f} | {mon.at(1.0, n):.0f} | "
+              f"{mon.peak():.0f} | {seconds / len(ids):.2f} |", flush=True)
         if name == "make_cam":
             sizes = [os.path.getsize(os.path.join(folder, i + ".npz")) for i in ids]
-            cam_bytes = float(np.mean(sizes))
-    print(f"\nmemory: {len(ids)} synthetic 640 x 480 images, 3 classes each, cam scales {opt.memory_scales}, "
-          f"IRNet input unpadded (COCO), torch threads {torch.get_num_threads()}, load average "
-          f"{os.getloadavg()[0]:.2f}; compact CAM record {cam_bytes:,.0f} bytes/image")
-    print("| step | RSS before MiB | after 10 % | after 50 % | after 100 % | peak | s/image |\n"
-          "|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:.0f} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.2f} |")
+            print(f"(compact CAM record {float(np.mean(sizes)):,.0f} bytes/image)", flush=True)
 
 
 def main():
