@@ -61,10 +61,7 @@ class RssMonitor:
 
     def _run(self):
         while not self.stop.is_set():
-            try:
-                n = sum(1 for f in os.listdir(self.folder) if f.endswith(self.suffix) and not f.startswith("."))
-            except OSError:
-                n = 0
+            n = self._count()
             self.samples.append((n, rss_mib()))
             if self.total and n * 10 >= (self.shown + 1) * self.total:
                 self.shown = n * 10 // self.total
@@ -75,6 +72,13 @@ class RssMonitor:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+        self.samples.append((self._count(), rss_mib()))  # the end of the list (the thread may miss it)
+
+    def _count(self):
+        try:
+            return sum(1 for f in os.listdir(self.folder) if f.endswith(self.suffix) and not f.startswith("."))
+        except OSError:
+            return 0
 
     def at(self, share, total):
         want = max(1, int(round(share * total)))
