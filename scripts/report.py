@@ -337,7 +337,8 @@ def evals_html(evals):
     rows = []
     for name, e in evals.items():
         crf = e.get("crf")
-        crf = crf.get("miou") if isinstance(crf, dict) else None  # eval_deeplab's "crf" is the on/off flag
+        # eval_cam's "crf" holds the seeds' mIoU after a CRF; eval_deeplab's says whether its predictions had one
+        crf = crf.get("miou") if isinstance(crf, dict) else ("yes" if crf else "no") if isinstance(crf, bool) else None
         vals = [e.get("miou"), e.get("threshold"), e.get("precision"), e.get("recall"), e.get("f1"),
                 e.get("num_images"), crf]
         rows.append(f"<tr><td><a href=\"../result/{esc(name)}.md\">{esc(name)}</a></td>" +

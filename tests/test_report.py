@@ -168,3 +168,14 @@ def test_tensorboard_missing_is_one_clear_error(tmp_path, monkeypatch):
         run_sample.main(["--work_dir", str(tmp_path), "--tensorboard", "true", "--only", "train_cam",
                          "--device", "cpu"])
     assert not (tmp_path / "sess").exists()
+
+
+def test_evaluation_table_shows_each_crf_column_as_its_evaluation_means_it():
+    # eval_cam's "crf" is the seeds' mIoU after a CRF, eval_deeplab's whether its predictions had one
+    html = report.evals_html({"eval_cam_cam": {"miou": 44.0, "crf": {"miou": 47.25}},
+                              "eval_deeplab": {"miou": 60.0, "crf": True},
+                              "eval_sem_seg": {"miou": 55.0}})
+    rows = {r.split("</a>")[0].rsplit(">", 1)[-1]: r for r in html.split("<tr>")[2:]}
+    assert rows["eval_cam_cam"].endswith("<td class=num>47.25</td></tr>")
+    assert rows["eval_deeplab"].endswith("<td class=num>yes</td></tr>")
+    assert rows["eval_sem_seg"].split("</tr>")[0].endswith("<td class=num>—</td>")
