@@ -279,6 +279,16 @@ def bench_ratio(opt, work):
 
 # (label, fixed?, [(module path suffix, function name, caller function name or None)]): the time of a part is the
 # cumulative time of its functions (when called from `caller`); what is left of run(args) is "rest".
+# the fixed parts of the two steps that read CAM records (cam_to_ir_label, make_sem_seg)
+CAM_READER_FIXED = [
+    ("id list, dataset, checks", True, [("misc/datasets.py", "load_id_list", "run"),
+                                        ("misc/datasets.py", "build_spec", None),
+                                        ("misc/datasets.py", "check_ids", None),
+                                        ("misc/cams.py", "check_cam_files", None),
+                                        ("misc/resume.py", "pending", None),
+                                        ("misc/fileio.py", "check_writable_dir", None)]),
+    ("settings record", True, [("misc/resume.py", "prepare", None)]),
+]
 PARTS = {
     "make_cam": [
         ("id list, dataset, image checks", True, [("misc/datasets.py", "load_id_list", "run"),
@@ -296,13 +306,7 @@ PARTS = {
         ("record encode + write", False, [("misc/cams.py", "write_cam_record", None)]),
     ],
     "cam_to_ir_label": [
-        ("id list, dataset, checks", True, [("misc/datasets.py", "load_id_list", "run"),
-                                            ("misc/datasets.py", "build_spec", None),
-                                            ("misc/datasets.py", "check_ids", None),
-                                            ("misc/cams.py", "check_cam_files", None),
-                                            ("misc/resume.py", "pending", None),
-                                            ("misc/fileio.py", "check_writable_dir", None)]),
-        ("settings record", True, [("misc/resume.py", "prepare", None)]),
+        *CAM_READER_FIXED,
         ("image decode", False, [("misc/fileio.py", "load_image_rgb", None)]),
         ("record read + decode (on the read-ahead thread: waits only)", False,
          [("misc/fileio.py", "load_cam_npz", None), ("concurrent/futures/_base.py", "result", None)]),
@@ -311,13 +315,7 @@ PARTS = {
         ("PNG write", False, [("misc/fileio.py", "save_png", None)]),
     ],
     "make_sem_seg": [
-        ("id list, dataset, checks", True, [("misc/datasets.py", "load_id_list", "run"),
-                                            ("misc/datasets.py", "build_spec", None),
-                                            ("misc/datasets.py", "check_ids", None),
-                                            ("misc/cams.py", "check_cam_files", None),
-                                            ("misc/resume.py", "pending", None),
-                                            ("misc/fileio.py", "check_writable_dir", None)]),
-        ("settings record", True, [("misc/resume.py", "prepare", None)]),
+        *CAM_READER_FIXED,
         ("IRNet load", True, [("net/resnet50_irn.py", "load_irnet", None),
                               ("misc/fileio.py", "load_checkpoint", "run")]),
         ("image decode", False, [("misc/fileio.py", "load_image_rgb", None)]),
